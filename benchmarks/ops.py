@@ -1,0 +1,287 @@
+"""Forward + backward time of each ``gradwise.ops`` op next to what people write without it.
+
+Run from the repository root::
+
+    python benchmarks/ops.py [--quick] [--device cuda] [--dtype bfloat16] [--sizes 4096x1024 256x64x512]
+
+Each timed step is the op on ``logits`` (requires grad), the loss ``(y * w).sum()`` with
+a fixed random ``w``, and ``torch.autograd.grad(loss, logits)``. Every gradwise row is
+paired with a reference timed in the same run on the same inputs:
+
+- sampling ops next to ``torch.nn.functional.gumbel_softmax`` (``gumbel_topk``, which
+  PyTorch has no counterpart of, next to a naive Gumbel-top-k straight-through snippet);
+- deterministic ops next to the naive straight-through snippet written inline below
+  (``one_hot(argmax) - p.detach() + p`` with ``p = softmax(logits / tau)``, its top-k
+  version with ``k * softmax``, and ``x + (x.round() - x).detach()``).
+
+The ratio is gradwise time / reference time (below 1: gradwise is faster). Times are
+medians of ``torch.utils.benchmark.Timer.blocked_autorange``; on CUDA the Timer
+synchronises, so they are GPU times. On CUDA the script also prints a memory floor per
+shape from a device-to-device copy bandwidth measured in the same run; on CPU there is
+no figure it could honestly use, so it prints none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.benchmark import Timer
+
+import gradwise as gw
+
+TAU = 1.0
+K = 8
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_SIZES = ("4096x1024", "256x64x512")
+
+Op = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --- references: what one writes without gradwise ----------------------------------------
+
+
+def naive_st_argmax(logits: torch.Tensor) -> torch.Tensor:
+    p = torch.softmax(logits / TAU, -1)
+    y = F.one_hot(p.argmax(-1), logits.shape[-1]).to(p.dtype)
+    return y - p.detach() + p
+
+
+def naive_st_topk(logits: torch.Tensor) -> torch.Tensor:
+    p = K * torch.softmax(logits / TAU, -1)
+    y = torch.zeros_like(p).scatter_(-1, p.topk(K, -1).indices, 1.0)
+    return y - p.detach() + p
+
+
+def naive_st_gumbel_topk(logits: torch.Tensor) -> torch.Tensor:
+    gumbels = -torch.empty_like(logits).exponential_().log()
+    p = K * torch.softmax(logits / TAU, -1)
+    y = torch.zeros_like(p).scatter_(-1, (logits + gumbels).topk(K, -1).indices, 1.0)
+    return y - p.detach() + p
+
+
+def naive_st_round(x: torch.Tensor) -> torch.Tensor:
+    return x + (x.round() - x).detach()
+
+
+def naive_st_sign(x: torch.Tensor) -> torch.Tensor:
+    return x + (x.sign() - x).detach()
+
+
+REFERENCES: dict[str, Op] = {
+    "F.gumbel_softmax(hard=True)": lambda x: F.gumbel_softmax(x, TAU, hard=True),
+    "F.gumbel_softmax(hard=False)": lambda x: F.gumbel_softmax(x, TAU, hard=False),
+    "naive ST argmax": naive_st_argmax,
+    "naive ST top-k": naive_st_topk,
+    "naive ST Gumbel-top-k": naive_st_gumbel_topk,
+    "naive ST round": naive_st_round,
+    "naive ST sign": naive_st_sign,
+}
+
+
+# --- the gradwise ops, each with its reference ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    op: Op
+    reference: str
+
+
+def gradwise_cases() -> list[Case]:
+    ops = gw.ops
+    cases = [
+        Case(
+            f'argmax_onehot(estimator="{e}")',
+            lambda x, e=e: ops.argmax_onehot(x, estimator=e, tau=TAU),
+            "naive ST argmax",
+        )
+        for e in ("st", "softmax", "reinmax")
+    ]
+    cases += [
+        Case(
+            f'sample_onehot(estimator="{e}")',
+            lambda x, e=e: ops.sample_onehot(x, estimator=e, tau=TAU),
+            "F.gumbel_softmax(hard=True)",
+        )
+        for e in ("gumbel", "reinmax", "gumbel-rao")
+    ]
+    cases += [
+        Case(
+            f"gumbel_softmax(hard={h})",
+            lambda x, h=h: ops.gumbel_softmax(x, TAU, hard=h),
+            f"F.gumbel_softmax(hard={h})",
+        )
+        for h in (True, False)
+    ]
+    cases += [
+        Case(f"topk_mask(k={K})", lambda x: ops.topk_mask(x, K, tau=TAU), "naive ST top-k"),
+        Case(f"gumbel_topk(k={K})", lambda x: ops.gumbel_topk(x, K, tau=TAU), "naive ST Gumbel-top-k"),
+        Case("round_ste", ops.round_ste, "naive ST round"),
+        Case("sign_ste", ops.sign_ste, "naive ST sign"),
+    ]
+    return cases
+
+
+# --- timing ------------------------------------------------------------------------------------
+
+
+def make_timer(op: Op, logits: torch.Tensor, w: torch.Tensor) -> Timer:
+    """A Timer of one forward + backward step of ``op``."""
+
+    def step() -> None:
+        loss = (op(logits) * w).sum()
+        torch.autograd.grad(loss, logits)
+
+    return Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+
+
+def paired_times(timers: list[Timer], rounds: int, min_run_time: float) -> list[list[float]]:
+    """Per-run times in seconds of each timer, measured in turn ``rounds`` times over, so
+    that a change in machine load during the run hits every timer of the list alike.
+
+    ``blocked_autorange`` runs the statement untimed to size its blocks before it
+    measures: that is the warm-up (first-call allocations, lazy initialisation).
+    """
+    times: list[list[float]] = [[] for _ in timers]
+    for _ in range(rounds):
+        for timer, samples in zip(timers, times, strict=True):
+            samples += timer.blocked_autorange(min_run_time=min_run_time).times
+    return times
+
+
+def copy_bandwidth(device: torch.device, min_run_time: float) -> float:
+    """Device-to-device copy bandwidth measured now, in bytes per second (read + write)."""
+    nbytes = 1 << 30
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    timer = Timer(stmt="dst.copy_(src)", globals={"src": src, "dst": dst})
+    seconds = timer.blocked_autorange(min_run_time=min_run_time).median
+    return 2 * nbytes / seconds
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fmt_ms(ms: float) -> str:
+    decimals = 0 if ms >= 100 else 1 if ms >= 10 else 2 if ms >= 1 else 3
+    return f"{ms:.{decimals}f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(wd) for c, wd in zip(cells, widths, strict=True)) + " |"
+
+    return "\n".join([line(header), line(["-" * wd for wd in widths]), *(line(r) for r in rows)])
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape is sizes joined by 'x', like 4096x1024 (got {text!r})") from None
+    if not shape or min(shape) < 1 or shape[-1] < K:
+        raise argparse.ArgumentTypeError(f"every size must be >= 1 and the last >= k={K} (got {text!r})")
+    return shape
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:i]")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=parse_shape,
+        default=[parse_shape(s) for s in DEFAULT_SIZES],
+        metavar="AxB[xC]",
+        help=f"logits shapes, classes last (default: {' '.join(DEFAULT_SIZES)})",
+    )
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--quick", action="store_true", help="shorter timing runs (noisier)")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: %(default)s)"
+    )
+    args = parser.parse_args()
+    args.device = torch.device(args.device)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1 (got {args.threads})")
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available in this torch build or on this machine")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    device, dtype = args.device, DTYPES[args.dtype]
+    rounds, min_run_time = (1, 0.1) if args.quick else (3, 0.3)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+
+    print(f"gradwise {gw.__version__}, torch {torch.__version__}, Python {platform.python_version()}")
+    print(f"device: {device} ({device_name(device)}), threads: {torch.get_num_threads()}, dtype: {args.dtype}")
+    print(
+        f"step: forward + backward of (op(logits) * w).sum(), tau={TAU}; median over {rounds} round(s) "
+        f"of Timer.blocked_autorange(min_run_time={min_run_time}), op and reference in turn"
+    )
+    print()
+
+    cases = gradwise_cases()
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for shape in args.sizes:
+        logits = torch.randn(shape, generator=generator).to(device, dtype).requires_grad_()
+        w = torch.randn(shape, generator=generator).to(device, dtype)
+        shape_text = "x".join(map(str, shape))
+        for case in cases:
+            timers = [make_timer(case.op, logits, w), make_timer(REFERENCES[case.reference], logits, w)]
+            ms, ref = (statistics.median(times) * 1e3 for times in paired_times(timers, rounds, min_run_time))
+            rows.append([case.label, shape_text, fmt_ms(ms), case.reference, fmt_ms(ref), f"{ms / ref:.2f}"])
+
+    header = ["op", "shape", "gradwise (ms)", "reference", "reference (ms)", "ratio"]
+    print(markdown_table(header, rows))
+
+    if device.type == "cuda":
+        bandwidth = copy_bandwidth(device, min_run_time)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        print()
+        print(
+            f"Memory floor, from a copy bandwidth of {bandwidth / 1e9:.0f} GB/s measured in this run: every op "
+            "reads logits, writes y, reads dL/dy and writes dL/dlogits at least once (the timed step also "
+            "computes the loss, so no row can reach it)."
+        )
+        floor_rows = []
+        for shape in args.sizes:
+            nbytes = 4 * math.prod(shape) * itemsize
+            floor_rows.append(["x".join(map(str, shape)), f"{nbytes / 1e6:.0f}", fmt_ms(nbytes / bandwidth * 1e3)])
+        print()
+        print(markdown_table(["shape", "bytes moved (MB)", "floor (ms)"], floor_rows))
+
+    print()
+    print(f"total run time: {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

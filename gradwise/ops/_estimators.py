@@ -1,0 +1,271 @@
+"""One registry of backward rules, and the one autograd Function every discrete op uses.
+
+Every op of ``gradwise.ops`` computes a hard {0, 1} value ``D`` from ``logits`` (an
+argmax, a top-k, a Gumbel-max sample, ...) and differentiates through a surrogate.
+The surrogate is picked by name from :data:`ESTIMATORS`; its rule maps the incoming
+gradient ``g`` (the gradient of the loss w.r.t. ``D``) to the gradient w.r.t. ``logits``
+(and ``tau`` when ``tau`` is a tensor that requires grad).
+
+For a k-hot output (``topk_mask``, ``gumbel_topk``), every softmax-based rule is applied
+to ``D / k``, a point of the simplex, and scaled by ``k``: the ``"softmax"`` surrogate of a
+k-hot mask is ``k * softmax(logits / tau)``. For ``k = 1`` this is the usual one-hot rule.
+
+Notation: ``J(p) g = p * (g - <p, g>)`` is the vector-Jacobian product of softmax at
+probabilities ``p`` (``<., .>`` a sum along ``dim``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from gradwise.ops import _noise
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """What a backward rule may read (arithmetic dtype: float32, or float64)."""
+
+    logits: torch.Tensor
+    perturbed: torch.Tensor | None  # logits + Gumbel noise, for sampling ops
+    hard: torch.Tensor
+    tau: float | torch.Tensor
+    k: int
+    dim: int
+    rao_samples: int
+    generator: torch.Generator | None
+
+
+# A rule returns (grad wrt logits, grad wrt tau of the shape of `hard` with size 1 along
+# dim, or None when the rule does not depend on tau differentiably).
+Rule = Callable[[_Saved, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A named backward rule.
+
+    Attributes:
+        name: the name ops take as ``estimator=``.
+        summary: one line on what the rule is.
+        sampling_only: whether the rule needs a sampled output (the Gumbel noise, or the
+            sampling distribution) and so applies to sampling ops only.
+    """
+
+    name: str
+    summary: str
+    sampling_only: bool
+    rule: Rule
+
+
+def softmax(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """``softmax`` along ``dim`` that gives 0 (not NaN) on rows that are all ``-inf``."""
+    finite_row = (z > float("-inf")).any(dim, keepdim=True)
+    p = torch.softmax(torch.where(finite_row, z, 0.0), dim)
+    return torch.where(finite_row, p, 0.0)
+
+
+def softmax_vjp(p: torch.Tensor, g: torch.Tensor, dim: int) -> torch.Tensor:
+    return p * (g - (p * g).sum(dim, keepdim=True))
+
+
+def _finite(z: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(z), z, 0.0)
+
+
+def _tempered(z: torch.Tensor, s: _Saved, g: torch.Tensor):
+    """Gradient of ``k * softmax(z / tau)`` w.r.t. ``z`` and ``tau``."""
+    v = softmax_vjp(softmax(z / s.tau, s.dim), g, s.dim)
+    grad_z = v * (s.k / s.tau)
+    grad_tau = (v * _finite(z)).sum(s.dim, keepdim=True) * (-s.k / s.tau**2)
+    return grad_z, grad_tau
+
+
+def _rule_st(s: _Saved, g: torch.Tensor):
+    return g, None
+
+
+def _rule_softmax(s: _Saved, g: torch.Tensor):
+    return _tempered(s.logits, s, g)
+
+
+def _rule_gumbel(s: _Saved, g: torch.Tensor):
+    return _tempered(s.perturbed, s, g)
+
+
+def _rule_reinmax(s: _Saved, g: torch.Tensor):
+    # Liu et al. 2023, Algorithm 2: D + 2*pi_1 - pi_0/2 - stopgrad(same), where
+    # pi_0 = softmax(logits), pi_1 = softmax(logits + stopgrad(log pi_half - logits)),
+    # pi_half = (softmax(logits / tau) + D) / 2. pi_1 equals pi_half with the Jacobian of
+    # softmax at pi_half; tau enters only through a stopped gradient.
+    pi_0 = softmax(s.logits, s.dim)
+    pi_half = (softmax(s.logits / s.tau, s.dim) + s.hard / s.k) / 2
+    grad = 2 * softmax_vjp(pi_half, g, s.dim) - 0.5 * softmax_vjp(pi_0, g, s.dim)
+    return grad * s.k, None
+
+
+def _rule_gumbel_rao(s: _Saved, g: torch.Tensor):
+    # Paulus et al. 2021: average the Gumbel-softmax gradient over K Gumbels drawn
+    # conditionally on the sample. Drawn here, one at a time, so memory does not grow with K.
+    grad_z = grad_tau = 0.0
+    for _ in range(s.rao_samples):
+        z = _noise.conditional_gumbel(s.logits, s.perturbed, s.k, s.dim, s.generator)
+        gz, gt = _tempered(z, s, g)
+        grad_z, grad_tau = grad_z + gz, grad_tau + gt
+    return grad_z / s.rao_samples, grad_tau / s.rao_samples
+
+
+_REGISTRY: dict[str, Estimator] = {
+    e.name: e
+    for e in (
+        Estimator("st", "identity: dlogits = g (plain straight-through)", False, _rule_st),
+        Estimator(
+            "softmax",
+            "gradient of k * softmax(logits / tau) (straight-through softmax)",
+            False,
+            _rule_softmax,
+        ),
+        Estimator(
+            "gumbel",
+            "gradient of k * softmax((logits + G) / tau) with the noise G of the sample "
+            "(straight-through Gumbel-softmax)",
+            True,
+            _rule_gumbel,
+        ),
+        Estimator(
+            "reinmax",
+            "ReinMax (Liu et al. 2023): 2 J(pi_half) g - J(softmax(logits)) g / 2, "
+            "pi_half = (softmax(logits / tau) + D / k) / 2",
+            False,
+            _rule_reinmax,
+        ),
+        Estimator(
+            "gumbel-rao",
+            "Gumbel-Rao (Paulus et al. 2021): the 'gumbel' rule averaged over rao_samples "
+            "Gumbels drawn conditionally on the sample, redrawn in backward",
+            True,
+            _rule_gumbel_rao,
+        ),
+    )
+}
+
+ESTIMATORS: tuple[str, ...] = tuple(_REGISTRY)
+"""Names of the estimators every op of ``gradwise.ops`` accepts as ``estimator=``."""
+
+
+def estimators_for(sampling: bool) -> tuple[str, ...]:
+    """The estimator names valid for a sampling (or deterministic) op."""
+    return tuple(n for n, e in _REGISTRY.items() if sampling or not e.sampling_only)
+
+
+def get(name: str) -> Estimator:
+    return _REGISTRY[name]
+
+
+class HardChoice(torch.autograd.Function):
+    """Forward: the k-hot of the top-``k`` of ``logits (+ noise)`` along ``dim``.
+    Backward: the named estimator's rule."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits, noise, tau, k, dim, estimator, rao_samples, generator):
+        z = logits.to(_noise.compute_dtype(logits.dtype))
+        if noise is not None:
+            z = z + noise
+        return khot(z, k, dim).to(logits.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, noise, tau, k, dim, estimator, rao_samples, generator = inputs
+        tau_tensor = tau if isinstance(tau, torch.Tensor) else None
+        ctx.save_for_backward(logits, noise, output, tau_tensor)
+        ctx.tau = None if tau_tensor is not None else tau
+        ctx.k, ctx.dim, ctx.estimator = k, dim, estimator
+        ctx.rao_samples, ctx.generator = rao_samples, generator
+
+    @staticmethod
+    def backward(ctx, grad_hard):
+        logits, noise, hard, tau_tensor = ctx.saved_tensors
+        dtype = _noise.compute_dtype(logits.dtype)
+        z = logits.to(dtype)
+        tau = tau_tensor.to(dtype) if tau_tensor is not None else ctx.tau
+        saved = _Saved(
+            logits=z,
+            perturbed=None if noise is None else z + noise,
+            hard=hard.to(dtype),
+            tau=tau,
+            k=ctx.k,
+            dim=ctx.dim,
+            rao_samples=ctx.rao_samples,
+            generator=ctx.generator,
+        )
+        grad_logits, grad_tau = _REGISTRY[ctx.estimator].rule(saved, grad_hard.to(dtype))
+        # a row with no finite logit chose nothing and passes no gradient
+        grad_logits = torch.where((z > float("-inf")).any(ctx.dim, keepdim=True), grad_logits, 0.0)
+        if tau_tensor is not None and ctx.needs_input_grad[2] and grad_tau is not None:
+            grad_tau = grad_tau.sum_to_size(tau_tensor.shape).to(tau_tensor.dtype)
+        else:
+            grad_tau = None
+        return grad_logits.to(logits.dtype), None, grad_tau, None, None, None, None, None
+
+
+def khot(z: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """{0, 1} tensor with ones at the top-``k`` of ``z`` along ``dim`` (ties: lowest index
+    for ``k = 1``); classes at ``-inf`` are never chosen."""
+    index = z.argmax(dim, keepdim=True) if k == 1 else z.topk(k, dim).indices
+    hard = torch.zeros_like(z).scatter(dim, index, 1.0)
+    return torch.where(z > float("-inf"), hard, 0.0)
+
+
+def hard_choice(
+    api: str,
+    logits,
+    *,
+    k,
+    dim,
+    estimator,
+    tau,
+    sampling: bool,
+    generator=None,
+    rao_samples=None,
+    name: str = "logits",
+) -> torch.Tensor:
+    """Validate the arguments shared by every discrete op, then apply :class:`HardChoice`."""
+    from gradwise import _validate as v
+
+    logits = v.floating_tensor(api, name, logits, min_ndim=1)
+    dim = v.dim(api, dim, logits.dim())
+    size = logits.shape[dim]
+    if size == 0:
+        raise v.ArgumentError(
+            f"{api}: {name} has size 0 along dim={dim} (shape {tuple(logits.shape)}): there is no class to choose"
+        )
+    k = v.integer(api, "k", k, low=1, high=size)
+    if estimator not in _REGISTRY:
+        v.choice(api, "estimator", estimator, ESTIMATORS)
+    valid = estimators_for(sampling)
+    if estimator not in valid:
+        raise v.ArgumentError(
+            f"{api}: estimator must be one of {', '.join(map(repr, valid))} (got {estimator!r}); "
+            f"{estimator!r} needs a sampled output: use a sampling op (sample_onehot, gumbel_topk, "
+            f"gumbel_softmax(hard=True))"
+        )
+    if rao_samples is None:
+        rao_samples = 10
+    elif estimator != "gumbel-rao":
+        raise v.ArgumentError(
+            f"{api}: rao_samples applies only to estimator='gumbel-rao' (got estimator={estimator!r})"
+        )
+    else:
+        rao_samples = v.integer(api, "rao_samples", rao_samples, low=1)
+    tau = v.temperature(api, tau, logits, dim)
+    generator = v.generator(api, generator, logits.device)
+    noise = None
+    if sampling:
+        noise = _noise.gumbel(
+            logits.shape, dtype=_noise.compute_dtype(logits.dtype), device=logits.device, generator=generator
+        )
+    return HardChoice.apply(logits, noise, tau, k, dim, estimator, rao_samples, generator)

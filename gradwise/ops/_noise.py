@@ -1,0 +1,69 @@
+"""Gumbel noise that is never infinite, and the conditional Gumbels of Gumbel-Rao.
+
+Uniforms are drawn on a 2**23-point grid strictly inside (0, 1): every grid point is
+exact in float32, so ``-log(U)`` is positive and finite and the Gumbel ``-log(-log U)``
+lies in [-2.81, 16.6]. (``torch.rand`` can return 0, and ``torch.nn.functional.gumbel_softmax``
+samples ``Exponential(1)``, which can round to 0; either gives an infinite Gumbel.)
+Noise is drawn in float32 (float64 for float64 inputs) whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_BITS = 23
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype arithmetic is done in: float32 for half types, else the input's own."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def exponential(shape, *, dtype, device, generator=None) -> torch.Tensor:
+    """``Exponential(1)`` samples, positive and finite."""
+    bits = torch.randint(0, 2**_BITS, shape, generator=generator, device=device, dtype=torch.int32)
+    return exponential_from_bits(bits, dtype)
+
+
+def exponential_from_bits(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``-log(U)`` for ``U = (bits + 1/2) / 2**23``, ``0 <= bits < 2**23``: U is exact in float32."""
+    return -torch.log((bits.to(dtype) + 0.5) * 2.0**-_BITS)
+
+
+def gumbel(shape, *, dtype, device, generator=None) -> torch.Tensor:
+    """Standard ``Gumbel(0, 1)`` samples, finite."""
+    return -torch.log(exponential(shape, dtype=dtype, device=device, generator=generator))
+
+
+def conditional_gumbel(logits: torch.Tensor, perturbed: torch.Tensor, k: int, dim: int, generator=None) -> torch.Tensor:
+    """Perturbed logits ``logits + G`` drawn from ``G ~ Gumbel`` conditioned on the top-``k``
+    of the result being, in order, the top-``k`` of ``perturbed``.
+
+    Top-down construction (Maddison et al. 2014; Kool et al. 2019): the largest
+    perturbed logit of a set is ``Gumbel(logsumexp(set))``; each next chosen one is
+    the max of the remaining set truncated below the previous one; every class not
+    chosen is ``Gumbel(logit)`` truncated below the k-th chosen value. A Gumbel with
+    location ``mu`` truncated below ``b`` is ``-log(exp(-b) + exp(-mu) * E)``, ``E ~ Exp(1)``.
+    """
+    order = perturbed.topk(k, dim).indices if k > 1 else perturbed.argmax(dim, keepdim=True)
+    row_shape = list(logits.shape)
+    row_shape[dim] = 1
+    opts = {"dtype": logits.dtype, "device": logits.device, "generator": generator}
+    remaining = logits
+    bound = torch.full(row_shape, float("inf"), dtype=logits.dtype, device=logits.device)
+    chosen_values = []
+    for j in range(k):
+        index = order.narrow(dim, j, 1)
+        location = torch.logsumexp(remaining, dim, keepdim=True)
+        value = _truncated_gumbel(location, bound, exponential(row_shape, **opts))
+        chosen_values.append(value)
+        remaining = remaining.scatter(dim, index, float("-inf"))
+        bound = value
+    rest = _truncated_gumbel(logits, bound, exponential(logits.shape, **opts))
+    return rest.scatter(dim, order, torch.cat(chosen_values, dim))
+
+
+def _truncated_gumbel(location: torch.Tensor, bound: torch.Tensor, exp_noise: torch.Tensor) -> torch.Tensor:
+    out = -torch.logaddexp(-bound, torch.log(exp_noise) - location)
+    # a class with logit -inf stays at -inf (logaddexp(inf, inf) is inf, never NaN)
+    return torch.where(location == float("-inf"), location, out)
