@@ -16,9 +16,14 @@ paired with a reference timed in the same run on the same inputs:
 
 The ratio is gradwise time / reference time (below 1: gradwise is faster). Times are
 medians of ``torch.utils.benchmark.Timer.blocked_autorange``; on CUDA the Timer
-synchronises, so they are GPU times. On CUDA the script also prints a memory floor per
-shape from a device-to-device copy bandwidth measured in the same run; on CPU there is
-no figure it could honestly use, so it prints none.
+synchronises, so they are GPU times. Each row times its op and its reference in turn,
+over a few rounds, so that a change in machine load hits both; the reference is timed
+again for every row, and the spread of its times down the column shows how noisy the
+run was. On a machine shared with other work, ``--threads 1`` gives steadier CPU times.
+
+On CUDA the script also prints a memory floor per shape, from a device-to-device copy
+bandwidth measured in the same run; on CPU there is no figure it could honestly use, so
+it prints none.
 """
 
 from __future__ import annotations
@@ -160,7 +165,7 @@ def paired_times(timers: list[Timer], rounds: int, min_run_time: float) -> list[
 
 def copy_bandwidth(device: torch.device, min_run_time: float) -> float:
     """Device-to-device copy bandwidth measured now, in bytes per second (read + write)."""
-    nbytes = 1 << 30
+    nbytes = 1 << 28  # well past any cache
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     timer = Timer(stmt="dst.copy_(src)", globals={"src": src, "dst": dst})
@@ -169,6 +174,22 @@ def copy_bandwidth(device: torch.device, min_run_time: float) -> float:
 
 
 # --- report ------------------------------------------------------------------------------------
+
+
+def memory_floor(sizes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.device, min_run_time: float) -> str:
+    """The time a step takes at the least to move its bytes, at a bandwidth measured now."""
+    bandwidth = copy_bandwidth(device, min_run_time)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    rows = []
+    for shape in sizes:
+        nbytes = 3 * math.prod(shape) * itemsize
+        rows.append(["x".join(map(str, shape)), f"{nbytes / 1e6:.0f}", fmt_ms(nbytes / bandwidth * 1e3)])
+    return (
+        f"Memory floor: any step reads logits and w and writes dL/dlogits at least once, 3 x numel x "
+        f"itemsize bytes, at the {bandwidth / 1e9:.0f} GB/s of a copy measured in this run. The memory-bound "
+        "rows (round_ste, sign_ste, argmax_onehot(st)) are the ones to hold against it.\n\n"
+        + markdown_table(["shape", "bytes moved (MB)", "floor (ms)"], rows)
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -238,6 +259,8 @@ def main() -> None:
     device, dtype = args.device, DTYPES[args.dtype]
     rounds, min_run_time = (1, 0.1) if args.quick else (3, 0.3)
     torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # the Timer synchronises the current device
     start = time.perf_counter()
 
     print(f"gradwise {gw.__version__}, torch {torch.__version__}, Python {platform.python_version()}")
@@ -264,20 +287,8 @@ def main() -> None:
     print(markdown_table(header, rows))
 
     if device.type == "cuda":
-        bandwidth = copy_bandwidth(device, min_run_time)
-        itemsize = torch.empty((), dtype=dtype).element_size()
         print()
-        print(
-            f"Memory floor, from a copy bandwidth of {bandwidth / 1e9:.0f} GB/s measured in this run: every op "
-            "reads logits, writes y, reads dL/dy and writes dL/dlogits at least once (the timed step also "
-            "computes the loss, so no row can reach it)."
-        )
-        floor_rows = []
-        for shape in args.sizes:
-            nbytes = 4 * math.prod(shape) * itemsize
-            floor_rows.append(["x".join(map(str, shape)), f"{nbytes / 1e6:.0f}", fmt_ms(nbytes / bandwidth * 1e3)])
-        print()
-        print(markdown_table(["shape", "bytes moved (MB)", "floor (ms)"], floor_rows))
+        print(memory_floor(args.sizes, dtype, device, min_run_time))
 
     print()
     print(f"total run time: {time.perf_counter() - start:.0f} s")
