@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gradwise import _validate as v
+from gradwise.errors import ArgumentError
 from gradwise.ops import _noise
 
 
@@ -234,13 +236,11 @@ def hard_choice(
     name: str = "logits",
 ) -> torch.Tensor:
     """Validate the arguments shared by every discrete op, then apply :class:`HardChoice`."""
-    from gradwise import _validate as v
-
     logits = v.floating_tensor(api, name, logits, min_ndim=1)
     dim = v.dim(api, dim, logits.dim())
     size = logits.shape[dim]
     if size == 0:
-        raise v.ArgumentError(
+        raise ArgumentError(
             f"{api}: {name} has size 0 along dim={dim} (shape {tuple(logits.shape)}): there is no class to choose"
         )
     k = v.integer(api, "k", k, low=1, high=size)
@@ -248,7 +248,7 @@ def hard_choice(
         v.choice(api, "estimator", estimator, ESTIMATORS)
     valid = estimators_for(sampling)
     if estimator not in valid:
-        raise v.ArgumentError(
+        raise ArgumentError(
             f"{api}: estimator must be one of {', '.join(map(repr, valid))} (got {estimator!r}); "
             f"{estimator!r} needs a sampled output: use a sampling op (sample_onehot, gumbel_topk, "
             f"gumbel_softmax(hard=True))"
@@ -256,7 +256,7 @@ def hard_choice(
     if rao_samples is None:
         rao_samples = 10
     elif estimator != "gumbel-rao":
-        raise v.ArgumentError(
+        raise ArgumentError(
             f"{api}: rao_samples applies only to estimator='gumbel-rao' (got estimator={estimator!r})"
         )
     else:

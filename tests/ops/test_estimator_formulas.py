@@ -182,3 +182,22 @@ def test_round_and_sign_ste():
     x.grad = None
     gw.ops.sign_ste(x).sum().backward()
     torch.testing.assert_close(x.grad, torch.ones_like(x))
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_gumbel_rao_averages_the_gumbel_rule_over_conditional_gumbels(logits, w, k):
+    """Replays the generator: forward draws the sample's noise, backward draws K conditional
+    Gumbels (their distribution is tested in test_sampling.py); the gradient is the mean of
+    the gradients of k * softmax(z_i / tau) treating each z_i = logits + G_i with G_i fixed."""
+    tau, K = 0.6, 3
+    op = gw.ops.sample_onehot if k == 1 else lambda x, **kw: gw.ops.gumbel_topk(x, k, **kw)
+    _, grad = _grad(
+        op, logits, w, estimator="gumbel-rao", rao_samples=K, tau=tau, generator=torch.Generator().manual_seed(4)
+    )
+    g = torch.Generator().manual_seed(4)
+    noise = _noise.gumbel(logits.shape, dtype=torch.float64, device="cpu", generator=g)
+    expected = torch.zeros_like(logits)
+    for _ in range(K):
+        z = _noise.conditional_gumbel(logits, logits + noise, k, -1, generator=g)
+        expected += _ref_softmax(logits, w, tau, k=k, noise=z - logits) / K
+    torch.testing.assert_close(grad, expected)
