@@ -3,6 +3,10 @@
 Run from the repository root::
 
     python benchmarks/ops.py [--quick] [--device cuda] [--dtype bfloat16] [--sizes 4096x1024 256x64x512]
+                             [--threads N]
+
+``--quick`` times one short round on the first size only (about half a minute on two
+CPU cores); the default run takes a few minutes there.
 
 Each timed step is the op on ``logits`` (requires grad), the loss ``(y * w).sum()`` with
 a fixed random ``w``, and ``torch.autograd.grad(loss, logits)``. Every gradwise row is
@@ -45,6 +49,8 @@ import gradwise as gw
 TAU = 1.0
 K = 8
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# 256x64x512 in float32 is 32 MiB, glibc's largest mmap threshold: on CPU every such tensor
+# is mapped and page-faulted afresh, so that shape is slower per element than the first.
 DEFAULT_SIZES = ("4096x1024", "256x64x512")
 
 Op = Callable[[torch.Tensor], torch.Tensor]
@@ -230,23 +236,24 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:i]")
     parser.add_argument(
         "--sizes",
         nargs="+",
         type=parse_shape,
-        default=[parse_shape(s) for s in DEFAULT_SIZES],
         metavar="AxB[xC]",
-        help=f"logits shapes, classes last (default: {' '.join(DEFAULT_SIZES)})",
+        help=f"logits shapes, classes last (default: {' '.join(DEFAULT_SIZES)}; with --quick, {DEFAULT_SIZES[0]})",
     )
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--quick", action="store_true", help="shorter timing runs (noisier)")
+    parser.add_argument("--quick", action="store_true", help="one short timing round, first size only (noisier)")
     parser.add_argument(
         "--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: %(default)s)"
     )
     args = parser.parse_args()
     args.device = torch.device(args.device)
+    if args.sizes is None:
+        args.sizes = [parse_shape(s) for s in (DEFAULT_SIZES[:1] if args.quick else DEFAULT_SIZES)]
     if args.threads < 1:
         parser.error(f"--threads must be >= 1 (got {args.threads})")
     if args.device.type == "cuda" and not torch.cuda.is_available():
@@ -259,7 +266,7 @@ def main() -> None:
     device, dtype = args.device, DTYPES[args.dtype]
     rounds, min_run_time = (1, 0.1) if args.quick else (3, 0.3)
     torch.set_num_threads(args.threads)
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # the Timer synchronises the current device
     start = time.perf_counter()
 
