@@ -28,12 +28,17 @@ from gradwise.ops import _noise
 
 @dataclass(frozen=True)
 class _Saved:
-    """What a backward rule may read (arithmetic dtype: float32, or float64)."""
+    """What a backward rule may read (arithmetic dtype: float32, or float64).
+
+    Rules may produce NaN on rows whose logits are all ``-inf`` (a plain softmax of such a
+    row): :class:`HardChoice` replaces those rows by zeros once, after the rule.
+    """
 
     logits: torch.Tensor
     perturbed: torch.Tensor | None  # logits + Gumbel noise, for sampling ops
     hard: torch.Tensor
     tau: float | torch.Tensor
+    need_tau_grad: bool
     k: int
     dim: int
     rao_samples: int
@@ -41,7 +46,7 @@ class _Saved:
 
 
 # A rule returns (grad wrt logits, grad wrt tau of the shape of `hard` with size 1 along
-# dim, or None when the rule does not depend on tau differentiably).
+# dim, or None when tau needs no gradient or the rule does not depend on it).
 Rule = Callable[[_Saved, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
 
 
@@ -62,26 +67,36 @@ class Estimator:
     rule: Rule
 
 
+def finite_rows(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """Whether each row along ``dim`` has a logit above ``-inf`` (keepdim)."""
+    return z.amax(dim, keepdim=True) > float("-inf")
+
+
 def softmax(z: torch.Tensor, dim: int) -> torch.Tensor:
-    """``softmax`` along ``dim`` that gives 0 (not NaN) on rows that are all ``-inf``."""
-    finite_row = (z > float("-inf")).any(dim, keepdim=True)
-    p = torch.softmax(torch.where(finite_row, z, 0.0), dim)
-    return torch.where(finite_row, p, 0.0)
+    """``softmax`` along ``dim`` that gives 0 (not NaN) on rows that are all ``-inf``,
+    with a NaN-free gradient too (the rows are replaced before the softmax, not after)."""
+    valid = finite_rows(z, dim)
+    return torch.where(valid, torch.softmax(torch.where(valid, z, 0.0), dim), 0.0)
 
 
 def softmax_vjp(p: torch.Tensor, g: torch.Tensor, dim: int) -> torch.Tensor:
-    return p * (g - (p * g).sum(dim, keepdim=True))
+    """``J(p) g = p * (g - <p, g>)``, in one fused kernel."""
+    return torch._softmax_backward_data(g, p, dim, p.dtype)
 
 
-def _finite(z: torch.Tensor) -> torch.Tensor:
-    return torch.where(torch.isfinite(z), z, 0.0)
+def _is_one(x) -> bool:
+    return isinstance(x, float | int) and x == 1
 
 
 def _tempered(z: torch.Tensor, s: _Saved, g: torch.Tensor):
     """Gradient of ``k * softmax(z / tau)`` w.r.t. ``z`` and ``tau``."""
-    v = softmax_vjp(softmax(z / s.tau, s.dim), g, s.dim)
-    grad_z = v * (s.k / s.tau)
-    grad_tau = (v * _finite(z)).sum(s.dim, keepdim=True) * (-s.k / s.tau**2)
+    v = softmax_vjp(torch.softmax(z if _is_one(s.tau) else z / s.tau, s.dim), g, s.dim)
+    scale = s.k / s.tau
+    grad_z = v if _is_one(scale) else v * scale
+    grad_tau = None
+    if s.need_tau_grad:
+        finite_z = torch.where(torch.isfinite(z), z, 0.0)  # masked classes have v = 0
+        grad_tau = (v * finite_z).sum(s.dim, keepdim=True) * (-s.k / s.tau**2)
     return grad_z, grad_tau
 
 
@@ -102,21 +117,25 @@ def _rule_reinmax(s: _Saved, g: torch.Tensor):
     # pi_0 = softmax(logits), pi_1 = softmax(logits + stopgrad(log pi_half - logits)),
     # pi_half = (softmax(logits / tau) + D) / 2. pi_1 equals pi_half with the Jacobian of
     # softmax at pi_half; tau enters only through a stopped gradient.
-    pi_0 = softmax(s.logits, s.dim)
-    pi_half = (softmax(s.logits / s.tau, s.dim) + s.hard / s.k) / 2
-    grad = 2 * softmax_vjp(pi_half, g, s.dim) - 0.5 * softmax_vjp(pi_0, g, s.dim)
-    return grad * s.k, None
+    pi_0 = torch.softmax(s.logits, s.dim)
+    pi_tau = pi_0 if _is_one(s.tau) else torch.softmax(s.logits / s.tau, s.dim)
+    pi_half = (pi_tau + (s.hard if s.k == 1 else s.hard / s.k)) * 0.5
+    grad = softmax_vjp(pi_half, g, s.dim) * 2 - softmax_vjp(pi_0, g, s.dim) * 0.5
+    return (grad if s.k == 1 else grad * s.k), None
 
 
 def _rule_gumbel_rao(s: _Saved, g: torch.Tensor):
     # Paulus et al. 2021: average the Gumbel-softmax gradient over K Gumbels drawn
     # conditionally on the sample. Drawn here, one at a time, so memory does not grow with K.
-    grad_z = grad_tau = 0.0
-    for _ in range(s.rao_samples):
-        z = _noise.conditional_gumbel(s.logits, s.perturbed, s.k, s.dim, s.generator)
+    grad_z = grad_tau = None
+    draws = _noise.conditional_gumbels(s.logits, s.perturbed, s.k, s.dim, s.rao_samples, s.generator)
+    for z in draws:
         gz, gt = _tempered(z, s, g)
-        grad_z, grad_tau = grad_z + gz, grad_tau + gt
-    return grad_z / s.rao_samples, grad_tau / s.rao_samples
+        grad_z = gz if grad_z is None else grad_z.add_(gz)
+        if gt is not None:
+            grad_tau = gt if grad_tau is None else grad_tau.add_(gt)
+    grad_z = grad_z.div_(s.rao_samples)
+    return grad_z, None if grad_tau is None else grad_tau.div_(s.rao_samples)
 
 
 _REGISTRY: dict[str, Estimator] = {
@@ -194,23 +213,24 @@ class HardChoice(torch.autograd.Function):
         dtype = _noise.compute_dtype(logits.dtype)
         z = logits.to(dtype)
         tau = tau_tensor.to(dtype) if tau_tensor is not None else ctx.tau
+        need_tau_grad = tau_tensor is not None and ctx.needs_input_grad[2]
         saved = _Saved(
             logits=z,
             perturbed=None if noise is None else z + noise,
             hard=hard.to(dtype),
             tau=tau,
+            need_tau_grad=need_tau_grad,
             k=ctx.k,
             dim=ctx.dim,
             rao_samples=ctx.rao_samples,
             generator=ctx.generator,
         )
         grad_logits, grad_tau = _REGISTRY[ctx.estimator].rule(saved, grad_hard.to(dtype))
-        # a row with no finite logit chose nothing and passes no gradient
-        grad_logits = torch.where((z > float("-inf")).any(ctx.dim, keepdim=True), grad_logits, 0.0)
-        if tau_tensor is not None and ctx.needs_input_grad[2] and grad_tau is not None:
-            grad_tau = grad_tau.sum_to_size(tau_tensor.shape).to(tau_tensor.dtype)
-        else:
-            grad_tau = None
+        # a row with no finite logit chose nothing and passes no gradient (nor NaN)
+        valid = finite_rows(z, ctx.dim)
+        grad_logits = torch.where(valid, grad_logits, 0.0)
+        if grad_tau is not None:
+            grad_tau = torch.where(valid, grad_tau, 0.0).sum_to_size(tau_tensor.shape).to(tau_tensor.dtype)
         return grad_logits.to(logits.dtype), None, grad_tau, None, None, None, None, None
 
 
@@ -218,8 +238,8 @@ def khot(z: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     """{0, 1} tensor with ones at the top-``k`` of ``z`` along ``dim`` (ties: lowest index
     for ``k = 1``); classes at ``-inf`` are never chosen."""
     index = z.argmax(dim, keepdim=True) if k == 1 else z.topk(k, dim).indices
-    hard = torch.zeros_like(z).scatter(dim, index, 1.0)
-    return torch.where(z > float("-inf"), hard, 0.0)
+    chosen = z.gather(dim, index) > float("-inf")
+    return torch.zeros_like(z).scatter(dim, index, chosen.to(z.dtype))
 
 
 def hard_choice(

@@ -9,6 +9,8 @@ Noise is drawn in float32 (float64 for float64 inputs) whatever the input dtype.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 _BITS = 23
@@ -35,35 +37,43 @@ def gumbel(shape, *, dtype, device, generator=None) -> torch.Tensor:
     return -torch.log(exponential(shape, dtype=dtype, device=device, generator=generator))
 
 
-def conditional_gumbel(logits: torch.Tensor, perturbed: torch.Tensor, k: int, dim: int, generator=None) -> torch.Tensor:
-    """Perturbed logits ``logits + G`` drawn from ``G ~ Gumbel`` conditioned on the top-``k``
-    of the result being, in order, the top-``k`` of ``perturbed``.
+def conditional_gumbels(
+    logits: torch.Tensor, perturbed: torch.Tensor, k: int, dim: int, n: int, generator=None
+) -> Iterator[torch.Tensor]:
+    """``n`` draws of perturbed logits ``logits + G``, ``G ~ Gumbel``, conditioned on the
+    top-``k`` of the result being, in order, the top-``k`` of ``perturbed``.
 
     Top-down construction (Maddison et al. 2014; Kool et al. 2019): the largest
     perturbed logit of a set is ``Gumbel(logsumexp(set))``; each next chosen one is
     the max of the remaining set truncated below the previous one; every class not
     chosen is ``Gumbel(logit)`` truncated below the k-th chosen value. A Gumbel with
     location ``mu`` truncated below ``b`` is ``-log(exp(-b) + exp(-mu) * E)``, ``E ~ Exp(1)``.
+    The locations depend on the order only, so they are computed once for all draws.
     """
     order = perturbed.topk(k, dim).indices if k > 1 else perturbed.argmax(dim, keepdim=True)
-    row_shape = list(logits.shape)
-    row_shape[dim] = 1
-    opts = {"dtype": logits.dtype, "device": logits.device, "generator": generator}
-    remaining = logits
-    bound = torch.full(row_shape, float("inf"), dtype=logits.dtype, device=logits.device)
-    chosen_values = []
+    locations, remaining = [], logits
     for j in range(k):
-        index = order.narrow(dim, j, 1)
-        location = torch.logsumexp(remaining, dim, keepdim=True)
-        value = _truncated_gumbel(location, bound, exponential(row_shape, **opts))
-        chosen_values.append(value)
-        remaining = remaining.scatter(dim, index, float("-inf"))
-        bound = value
-    rest = _truncated_gumbel(logits, bound, exponential(logits.shape, **opts))
-    return rest.scatter(dim, order, torch.cat(chosen_values, dim))
+        locations.append(torch.logsumexp(remaining, dim, keepdim=True))
+        if j + 1 < k:
+            remaining = remaining.scatter(dim, order.narrow(dim, j, 1), float("-inf"))
+    opts = {"dtype": logits.dtype, "device": logits.device, "generator": generator}
+    row_shape = locations[0].shape
+    for _ in range(n):
+        bound, chosen = None, []
+        for location in locations:
+            e = exponential(row_shape, **opts)
+            # the first chosen value is untruncated: Gumbel(location) = location - log(E)
+            bound = location - torch.log(e) if bound is None else _truncated_gumbel(location, bound, e)
+            chosen.append(bound)
+        rest = _truncated_gumbel(logits, bound, exponential(logits.shape, **opts))
+        yield rest.scatter(dim, order, chosen[0] if k == 1 else torch.cat(chosen, dim))
+
+
+def conditional_gumbel(logits, perturbed, k: int, dim: int, generator=None) -> torch.Tensor:
+    """One draw of :func:`conditional_gumbels`."""
+    return next(conditional_gumbels(logits, perturbed, k, dim, 1, generator))
 
 
 def _truncated_gumbel(location: torch.Tensor, bound: torch.Tensor, exp_noise: torch.Tensor) -> torch.Tensor:
-    out = -torch.logaddexp(-bound, torch.log(exp_noise) - location)
-    # a class with logit -inf stays at -inf (logaddexp(inf, inf) is inf, never NaN)
-    return torch.where(location == float("-inf"), location, out)
+    # a class at -inf stays at -inf: logaddexp(x, inf) is inf, also for x = inf
+    return -torch.logaddexp(-bound, torch.log(exp_noise) - location)
