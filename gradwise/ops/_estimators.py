@@ -57,8 +57,8 @@ class Estimator:
     Attributes:
         name: the name ops take as ``estimator=``.
         summary: one line on what the rule is.
-        sampling_only: whether the rule needs a sampled output (the Gumbel noise, or the
-            sampling distribution) and so applies to sampling ops only.
+        sampling_only: whether the rule reads the Gumbel noise that drew the sample, and so
+            applies to sampling ops only (the noise is saved for backward only then).
     """
 
     name: str
@@ -202,6 +202,8 @@ class HardChoice(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         logits, noise, tau, k, dim, estimator, rao_samples, generator = inputs
         tau_tensor = tau if isinstance(tau, torch.Tensor) else None
+        if not _REGISTRY[estimator].sampling_only:
+            noise = None  # not read by the rule: do not keep it alive
         ctx.save_for_backward(logits, noise, output, tau_tensor)
         ctx.tau = None if tau_tensor is not None else tau
         ctx.k, ctx.dim, ctx.estimator = k, dim, estimator
@@ -264,8 +266,7 @@ def hard_choice(
             f"{api}: {name} has size 0 along dim={dim} (shape {tuple(logits.shape)}): there is no class to choose"
         )
     k = v.integer(api, "k", k, low=1, high=size)
-    if estimator not in _REGISTRY:
-        v.choice(api, "estimator", estimator, ESTIMATORS)
+    v.choice(api, "estimator", estimator, ESTIMATORS)
     valid = estimators_for(sampling)
     if estimator not in valid:
         raise ArgumentError(

@@ -206,3 +206,20 @@ def test_hypothesis_one_hot_and_k_hot_over_shapes(shape, data):
     assert torch.isfinite(x.grad).all()
     if estimator != "st":  # softmax Jacobians: the gradient sums to zero along dim
         torch.testing.assert_close(x.grad.sum(dim), torch.zeros_like(x.grad.sum(dim)), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize(("estimator", "expected"), [("softmax", 2), ("reinmax", 2), ("gumbel", 3), ("gumbel-rao", 3)])
+def test_backward_keeps_the_noise_only_when_the_rule_reads_it(estimator, expected):
+    """Memory: logits and the output are saved; the Gumbel noise only for "gumbel" rules."""
+    saved = []
+
+    def pack(t):
+        saved.append(t.shape)
+        return t
+
+    x = torch.randn(4, 6, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = gw.ops.sample_onehot(x, estimator=estimator)
+    assert saved == [x.shape] * expected
+    (y * torch.randn(4, 6)).sum().backward()
+    assert torch.isfinite(x.grad).all()
