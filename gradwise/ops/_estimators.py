@@ -68,8 +68,9 @@ class Estimator:
 
 
 def finite_rows(z: torch.Tensor, dim: int) -> torch.Tensor:
-    """Whether each row along ``dim`` has a logit above ``-inf`` (keepdim)."""
-    return z.amax(dim, keepdim=True) > float("-inf")
+    """Whether each row along ``dim`` is not all ``-inf`` (keepdim). A row holding a NaN
+    counts as valid, so that the NaN propagates instead of being hidden."""
+    return z.amax(dim, keepdim=True) != float("-inf")
 
 
 def softmax(z: torch.Tensor, dim: int) -> torch.Tensor:
@@ -238,10 +239,12 @@ class HardChoice(torch.autograd.Function):
 
 def khot(z: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     """{0, 1} tensor with ones at the top-``k`` of ``z`` along ``dim`` (ties: lowest index
-    for ``k = 1``); classes at ``-inf`` are never chosen."""
+    for ``k = 1``); classes at ``-inf`` are never chosen; a NaN that is chosen (argmax and
+    topk rank NaN highest) is written as NaN, so it shows downstream."""
     index = z.argmax(dim, keepdim=True) if k == 1 else z.topk(k, dim).indices
-    chosen = z.gather(dim, index) > float("-inf")
-    return torch.zeros_like(z).scatter(dim, index, chosen.to(z.dtype))
+    top = z.gather(dim, index)
+    mark = torch.where(torch.isnan(top), top, (top > float("-inf")).to(z.dtype))
+    return torch.zeros_like(z).scatter(dim, index, mark)
 
 
 def hard_choice(

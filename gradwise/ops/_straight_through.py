@@ -18,7 +18,8 @@ def argmax_onehot(logits: torch.Tensor, dim: int = -1, *, estimator: str = "soft
     Args:
         logits: ``(..., C, ...)`` floating tensor, classes along ``dim``. Classes at
             ``-inf`` are never chosen; a row with no finite logit gives a row of zeros
-            and no gradient. ``+inf`` and NaN are not valid logits.
+            and no gradient. A NaN is never hidden: its row's output and gradient hold NaN.
+            ``+inf`` is not a valid logit.
         dim: the class dimension.
         estimator: ``"st"``, ``"softmax"`` or ``"reinmax"`` (``"gumbel"`` and
             ``"gumbel-rao"`` need a sample: use :func:`sample_onehot`).

@@ -186,3 +186,20 @@ def test_gumbel_rao_is_reproducible_with_a_generator():
         (y * torch.arange(5.0)).sum().backward()
         grads.append(leaf.grad)
     assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("estimator", ["st", "softmax", "reinmax", "gumbel"])
+def test_nan_logits_propagate_to_their_row_only(estimator):
+    """A NaN is never hidden: the row holding it gets NaN in its output and gradient."""
+    logits = torch.randn(3, 5)
+    logits[1, 2] = float("nan")
+    leaf = logits.clone().requires_grad_(True)
+    y = gw.ops.sample_onehot(leaf, estimator=estimator)
+    assert torch.isnan(y[1]).any()
+    assert torch.isfinite(y[0]).all() and torch.isfinite(y[2]).all()
+    (y * torch.randn_like(y)).sum().backward()
+    assert torch.isfinite(leaf.grad[0]).all() and torch.isfinite(leaf.grad[2]).all()
+    if estimator != "st":
+        assert torch.isnan(leaf.grad[1]).any()
+    soft = gw.ops.gumbel_softmax(logits)
+    assert torch.isnan(soft[1]).all() and torch.isfinite(soft[[0, 2]]).all()
