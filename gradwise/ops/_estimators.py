@@ -280,9 +280,7 @@ def hard_choice(
     if rao_samples is None:
         rao_samples = 10
     elif estimator != "gumbel-rao":
-        raise ArgumentError(
-            f"{api}: rao_samples applies only to estimator='gumbel-rao' (got estimator={estimator!r})"
-        )
+        raise ArgumentError(f"{api}: rao_samples applies only to estimator='gumbel-rao' (got estimator={estimator!r})")
     else:
         rao_samples = v.integer(api, "rao_samples", rao_samples, low=1)
     tau = v.temperature(api, tau, logits, dim)
