@@ -115,3 +115,18 @@ def test_cli_version_and_estimators():
 def test_cli_without_command_is_a_usage_error():
     out = subprocess.run([sys.executable, "-m", "gradwise"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "usage: gradwise" in out.stderr
+
+
+def test_ruff_finds_nothing():
+    """The lint rules of pyproject.toml (among them ISC, implicit string concatenation) hold."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "gradwise", "tests", "examples", "benchmarks"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
