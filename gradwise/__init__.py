@@ -7,9 +7,9 @@
 tensor([1., 1., 1., 1.], grad_fn=<SumBackward1>)
 """
 
-from gradwise import errors, ops
+from gradwise import errors, ops, testing
 from gradwise.errors import GradwiseError
 
 __version__ = "0.1.0"
 
-__all__ = ["GradwiseError", "__version__", "errors", "ops"]
+__all__ = ["GradwiseError", "__version__", "errors", "ops", "testing"]

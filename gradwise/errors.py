@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
+    "FunctionCheckError",
     "GradwiseError",
     "MissingDependencyError",
     "UnsupportedError",
@@ -38,3 +39,7 @@ class UnsupportedError(GradwiseError, NotImplementedError):
 
 class MissingDependencyError(GradwiseError, ImportError):
     """An optional dependency (an extra such as ``gradwise[viz]``) is not installed."""
+
+
+class FunctionCheckError(GradwiseError, AssertionError):
+    """``gradwise.testing``: a custom autograd Function failed a check (the message is the report)."""

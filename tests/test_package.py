@@ -10,7 +10,7 @@ import pytest
 import gradwise
 import gradwise.errors
 
-PUBLIC_MODULES = ["gradwise", "gradwise.ops", "gradwise.errors"]
+PUBLIC_MODULES = ["gradwise", "gradwise.ops", "gradwise.errors", "gradwise.testing"]
 OPTIONAL = ["triton", "matplotlib", "tensorboard", "sklearn", "rich"]
 
 
@@ -52,7 +52,7 @@ def test_import_imports_no_optional_dependency():
                 return None
 
         sys.meta_path.insert(0, Block())
-        import gradwise, gradwise.ops, gradwise.errors, gradwise.cli
+        import gradwise, gradwise.ops, gradwise.errors, gradwise.testing, gradwise.cli
         loaded = [m for m in BLOCKED if m in sys.modules]
         assert not loaded, loaded
         print("ok")

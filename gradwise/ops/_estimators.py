@@ -220,7 +220,9 @@ class HardChoice(torch.autograd.Function):
         saved = _Saved(
             logits=z,
             perturbed=None if noise is None else z + noise,
-            hard=hard.to(dtype),
+            # D is piecewise constant in the logits: a double backward must not see a gradient
+            # through it (saved outputs otherwise carry this Function's own surrogate)
+            hard=hard.detach().to(dtype),
             tau=tau,
             need_tau_grad=need_tau_grad,
             k=ctx.k,
@@ -234,7 +236,8 @@ class HardChoice(torch.autograd.Function):
         grad_logits = torch.where(valid, grad_logits, 0.0)
         if grad_tau is not None:
             grad_tau = torch.where(valid, grad_tau, 0.0).sum_to_size(tau_tensor.shape).to(tau_tensor.dtype)
-        return grad_logits.to(logits.dtype), None, grad_tau, None, None, None, None, None
+        grad_logits = grad_logits.to(logits.dtype) if ctx.needs_input_grad[0] else None
+        return grad_logits, None, grad_tau, None, None, None, None, None
 
 
 def khot(z: torch.Tensor, k: int, dim: int) -> torch.Tensor:
