@@ -8,8 +8,9 @@ tensor([1., 1., 1., 1.], grad_fn=<SumBackward1>)
 """
 
 from gradwise import errors, ops, testing
+from gradwise._constrain import constrain
 from gradwise.errors import GradwiseError
 
 __version__ = "0.1.0"
 
-__all__ = ["GradwiseError", "__version__", "errors", "ops", "testing"]
+__all__ = ["GradwiseError", "__version__", "constrain", "errors", "ops", "testing"]
