@@ -7,10 +7,10 @@
 tensor([1., 1., 1., 1.], grad_fn=<SumBackward1>)
 """
 
-from gradwise import errors, ops, testing
+from gradwise import cluster, errors, ops, testing
 from gradwise._constrain import constrain
 from gradwise.errors import GradwiseError
 
 __version__ = "0.1.0"
 
-__all__ = ["GradwiseError", "__version__", "constrain", "errors", "ops", "testing"]
+__all__ = ["GradwiseError", "__version__", "cluster", "constrain", "errors", "ops", "testing"]

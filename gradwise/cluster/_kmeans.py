@@ -1,0 +1,615 @@
+"""KMeans with scikit-learn's API and semantics: Lloyd, mini-batch and gradient descent
+on the argmin loss; chunked assignment; shards over torch.distributed."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradwise import _validate as v
+from gradwise.cluster import _assign, _init
+from gradwise.cluster._distributed import Comm
+from gradwise.errors import ArgumentError, ArgumentTypeError
+
+ALGORITHMS = ("lloyd", "minibatch", "gradient")
+INITS = ("k-means++", "random")
+
+
+class KMeans:
+    """k-means clustering with scikit-learn's ``KMeans`` API, on torch tensors.
+
+    ``fit`` minimises the inertia ``sum_i w_i |x_i - c_{a(i)}|^2`` with ``a(i)`` the nearest
+    centre (an argmin). The semantics follow scikit-learn where it defines them: ``tol`` is
+    relative to the mean variance of the features, ``n_init`` keeps the run of lowest
+    inertia, an empty cluster is moved to the point farthest from its centre, and sample
+    weights act as repetitions.
+
+    Args:
+        n_clusters: number of centres ``K``.
+        init: ``"k-means++"`` (greedy, ``2 + log K`` local trials as scikit-learn),
+            ``"random"`` (``K`` distinct points drawn by weight), or a ``(K, D)`` tensor.
+        n_init: number of runs from different initialisations (only with a string ``init``).
+        max_iter: maximum number of iterations (for ``"minibatch"``: passes over the data).
+        tol: convergence when the squared centre shift summed over centres falls to
+            ``tol * mean(var(X, axis=0))``.
+        algorithm: ``"lloyd"`` (exact EM), ``"minibatch"`` (Sculley 2010: per-centre rate
+            ``1 / count``, starved centres reassigned), or ``"gradient"`` (autograd through
+            :func:`kmeans_loss` and ``torch.optim.SGD`` with per-centre rate ``lr / n_k``:
+            with ``lr=1`` and full batches each step is a Newton step, which is Lloyd's update).
+        batch_size: batch size of ``"minibatch"`` and ``"gradient"`` (``"gradient"`` uses
+            full batches when ``batch_size >= N``).
+        lr: for ``"gradient"``, the factor of the per-centre rate ``1 / n_k`` (default 1).
+        random_state: seed of every random choice (``None``: a fresh one).
+        device: where to compute (default: the device of ``X``); results are on ``X``'s device.
+        dtype: floating dtype to compute in (default: that of ``X``, which must be floating).
+        verbose: print iteration, inertia and centre shift.
+
+    Attributes:
+        cluster_centers_: ``(K, D)``. labels_: ``(N,)``. inertia_: float. n_iter_: int.
+
+    Example:
+        >>> X = torch.cat([torch.randn(50, 2) - 5, torch.randn(50, 2) + 5])
+        >>> km = KMeans(2, random_state=0).fit(X)
+        >>> sorted(km.cluster_centers_[:, 0].round().tolist())
+        [-5.0, 5.0]
+        >>> bool((km.predict(X) == km.labels_).all())
+        True
+    """
+
+    def __init__(
+        self,
+        n_clusters: int,
+        *,
+        init: str | torch.Tensor = "k-means++",
+        n_init: int = 1,
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        algorithm: str = "lloyd",
+        batch_size: int = 1024,
+        lr: float | None = None,
+        random_state: int | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        verbose: bool = False,
+    ):
+        api = "KMeans"
+        self.n_clusters = v.integer(api, "n_clusters", n_clusters, low=1)
+        if isinstance(init, str):
+            v.choice(api, "init", init, INITS)
+        elif not isinstance(init, torch.Tensor):
+            raise ArgumentTypeError(
+                f"{api}: init must be 'k-means++', 'random' or a (n_clusters, n_features) tensor "
+                f"(got {type(init).__name__})"
+            )
+        elif init.dim() != 2 or init.shape[0] != n_clusters:
+            raise ArgumentError(
+                f"{api}: init must have shape (n_clusters={n_clusters}, n_features) (got {tuple(init.shape)})"
+            )
+        self.init = init
+        self.n_init = v.integer(api, "n_init", n_init, low=1)
+        self.max_iter = v.integer(api, "max_iter", max_iter, low=1)
+        self.tol = v.real(api, "tol", tol, nonnegative=True)
+        self.algorithm = v.choice(api, "algorithm", algorithm, ALGORITHMS)
+        self.batch_size = v.integer(api, "batch_size", batch_size, low=1)
+        self.lr = None if lr is None else v.real(api, "lr", lr, positive=True)
+        self.random_state = None if random_state is None else v.integer(api, "random_state", random_state, low=0)
+        self.device = None if device is None else torch.device(device)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ArgumentTypeError(f"{api}: dtype must be a floating torch.dtype (got {dtype!r})")
+        self.dtype = dtype
+        self.verbose = bool(verbose)
+
+    def __repr__(self) -> str:
+        args = [repr(self.n_clusters)]
+        defaults = KMeans.__init__.__kwdefaults__
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor) or value != default:
+                args.append(f"{name}={'<tensor>' if isinstance(value, torch.Tensor) else repr(value)}")
+        return f"KMeans({', '.join(args)})"
+
+    # --- fitting ------------------------------------------------------------------------
+
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        sample_weight: Any = None,
+        distributed: bool = False,
+        timeout: float = 300.0,
+    ) -> KMeans:
+        """Compute the centres.
+
+        Args:
+            X: ``(N, D)`` data (a tensor or anything ``torch.as_tensor`` accepts).
+            y: ignored (scikit-learn's signature).
+            sample_weight: ``(N,)`` non-negative weights (default: all 1).
+            distributed: treat ``X`` as this process's shard of the data: sums, counts and
+                the choices of the initialisation are all-reduced over the initialised
+                ``torch.distributed`` group, and every process ends with the same centres
+                as one process on the concatenated data.
+            timeout: seconds to wait for the other processes in any collective before
+                raising :class:`~gradwise.cluster.PeerTimeoutError`.
+
+        Returns:
+            ``self``.
+        """
+        api = "KMeans.fit"
+        X, home = self._data(api, X)
+        comm = Comm(api, distributed, v.real(api, "timeout", timeout, positive=True))
+        n_total = X.shape[0] if comm.world == 1 else comm.offsets(X.shape[0], X.device)[1]
+        if n_total == 0:
+            raise ArgumentError(f"{api}: X is empty (0 samples); k-means needs at least n_clusters samples")
+        if self.n_clusters > n_total:
+            raise ArgumentError(f"{api}: n_clusters={self.n_clusters} exceeds the number of samples ({n_total})")
+        weights = self._weights(api, sample_weight, X)
+        if isinstance(self.init, torch.Tensor) and self.init.shape[1] != X.shape[1]:
+            raise ArgumentError(f"{api}: init has {self.init.shape[1]} features but X has {X.shape[1]}")
+        # scikit-learn's tolerance: relative to the mean variance of the features
+        n_local = torch.tensor([float(X.shape[0])], dtype=torch.float64, device=X.device)
+        s1 = comm.sum(torch.cat([n_local, _column_sums(X)]), "computing the mean")
+        mean = s1[1:] / s1[0]
+        sq = torch.zeros_like(mean)
+        for start, stop in _assign.chunks(X.shape[0], _rows_per_pass(X)):
+            sq += ((X[start:stop].double() - mean) ** 2).sum(0)
+        variances = comm.sum(sq, "computing the variance") / s1[0]
+        tol = float(variances.mean()) * self.tol
+        shift = mean.to(X.dtype) if _assign.needs_shift(X, mean, float(variances.sum())) else None
+        seed = self.random_state if self.random_state is not None else int(torch.randint(2**31, ()).item())
+        generator = torch.Generator().manual_seed(seed)
+
+        best = None
+        runs = 1 if isinstance(self.init, torch.Tensor) else self.n_init
+        for run in range(runs):
+            centers = self._initial_centers(api, comm, X, weights, generator, mean.to(X.dtype), seed + run)
+            if self.algorithm == "lloyd":
+                result = _lloyd(
+                    comm, X, weights, centers, shift, self.max_iter, tol, self._log(comm), sample_weight is None
+                )
+            elif self.algorithm == "gradient":
+                result = _gradient(
+                    comm,
+                    X,
+                    weights,
+                    centers,
+                    shift,
+                    self.max_iter,
+                    tol,
+                    self.batch_size,
+                    1.0 if self.lr is None else self.lr,
+                    generator,
+                    self._log(comm),
+                )
+            else:
+                result = _minibatch(
+                    comm, X, weights, centers, shift, self.max_iter, tol, self.batch_size, generator, self._log(comm)
+                )
+            if best is None or result[2] < best[2]:
+                best = result
+        centers, labels, inertia, n_iter = best
+        self.cluster_centers_ = centers.to(home)
+        self.labels_ = labels.to(home)
+        self.inertia_ = float(inertia)
+        self.n_iter_ = int(n_iter)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def fit_predict(self, X: Any, y: Any = None, *, sample_weight: Any = None, **kwargs: Any) -> torch.Tensor:
+        """``fit(X)`` then ``labels_``."""
+        return self.fit(X, sample_weight=sample_weight, **kwargs).labels_
+
+    def predict(self, X: Any) -> torch.Tensor:
+        """Index of the nearest centre of each point: ``(N,)``."""
+        X, home = self._fitted_data("KMeans.predict", X)
+        labels, _, _, _ = _assign.assign(X, self._centers(X), shift=self._centers(X).mean(0))
+        return labels.to(home)
+
+    def transform(self, X: Any) -> torch.Tensor:
+        """Euclidean distances to every centre: ``(N, K)`` (materialised: this is the output)."""
+        X, home = self._fitted_data("KMeans.transform", X)
+        return torch.cdist(X, self._centers(X)).to(home)
+
+    def score(self, X: Any, y: Any = None, *, sample_weight: Any = None) -> float:
+        """Negative inertia of ``X`` against the fitted centres."""
+        X, _ = self._fitted_data("KMeans.score", X)
+        weights = self._weights("KMeans.score", sample_weight, X)
+        centers = self._centers(X)
+        _, sq_dist, _, _ = _assign.assign(X, centers, shift=centers.mean(0))
+        return -float((sq_dist.double() * weights.double()).sum())
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _data(self, api: str, X: Any) -> tuple[torch.Tensor, torch.device]:
+        if not isinstance(X, torch.Tensor):
+            try:
+                X = torch.as_tensor(X)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ArgumentTypeError(f"{api}: X must be a tensor or array-like (got {type(X).__name__})") from exc
+        home = X.device
+        if X.dim() != 2:
+            raise ArgumentError(f"{api}: X must be 2-D (n_samples, n_features) (got shape {tuple(X.shape)})")
+        if not X.is_floating_point() and self.dtype is None:
+            raise ArgumentTypeError(
+                f"{api}: X has dtype {X.dtype}; pass dtype=torch.float32 (or float64) to compute in floating point"
+            )
+        X = X.to(device=self.device or home, dtype=self.dtype or X.dtype)
+        if X.shape[1] == 0:
+            raise ArgumentError(f"{api}: X has 0 features")
+        for start, stop in _assign.chunks(X.shape[0], _rows_per_pass(X)):
+            finite = torch.isfinite(X[start:stop])
+            if not bool(finite.all()):
+                row, col = (~finite).nonzero()[0].tolist()
+                raise ArgumentError(
+                    f"{api}: X must be finite (got {X[start + row, col].item()} at X[{start + row}, {col}])"
+                )
+        return X, home
+
+    def _fitted_data(self, api: str, X: Any) -> tuple[torch.Tensor, torch.device]:
+        if not hasattr(self, "cluster_centers_"):
+            raise ArgumentError(f"{api}: this KMeans is not fitted yet; call fit(X) first")
+        X, home = self._data(api, X)
+        if X.shape[1] != self.n_features_in_:
+            raise ArgumentError(
+                f"{api}: X has {X.shape[1]} features but the KMeans was fitted on {self.n_features_in_}"
+            )
+        return X, home
+
+    def _centers(self, X: torch.Tensor) -> torch.Tensor:
+        return self.cluster_centers_.to(device=X.device, dtype=X.dtype)
+
+    def _weights(self, api: str, sample_weight: Any, X: torch.Tensor) -> torch.Tensor:
+        if sample_weight is None:
+            return torch.ones(X.shape[0], dtype=X.dtype, device=X.device)
+        w = torch.as_tensor(sample_weight).to(device=X.device, dtype=X.dtype)
+        if w.shape != (X.shape[0],):
+            raise ArgumentError(f"{api}: sample_weight must have shape ({X.shape[0]},) (got {tuple(w.shape)})")
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ArgumentError(f"{api}: sample_weight must be finite and >= 0")
+        return w
+
+    def _initial_centers(self, api, comm, X, weights, generator, mean, seed) -> torch.Tensor:
+        if isinstance(self.init, torch.Tensor):
+            centers = self.init.to(device=X.device, dtype=X.dtype).clone()
+            if not bool(torch.isfinite(centers).all()):
+                raise ArgumentError(f"{api}: init must be finite")
+            return centers
+        if self.init == "random":
+            return _init.random_rows(api, comm, X, weights, self.n_clusters, seed)
+        return _init.kmeans_plusplus(api, comm, X, weights, self.n_clusters, generator, mean)
+
+    def _log(self, comm: Comm):
+        if not self.verbose or comm.rank != 0:
+            return None
+
+        def log(iteration: int, inertia: float, shift: float) -> None:
+            print(f"KMeans: iteration {iteration}, inertia {inertia:.6g}, center shift {shift:.3g}", file=sys.stderr)
+
+        return log
+
+
+def _reduce(comm: Comm, sums: torch.Tensor, counts: torch.Tensor) -> None:
+    comm.sum(sums, "summing the clusters")
+    comm.sum(counts, "counting the clusters")
+
+
+def _relocate_and_average(comm: Comm, X, weights, centers, mean, sums, counts, labels, sq_dist):
+    """New centres from (all-reduced) sums and counts of the shifted points; an empty
+    cluster takes the point farthest from its centre, which leaves its old cluster
+    (scikit-learn's rule), instead of staying at the origin or becoming NaN."""
+    empty = (counts == 0).nonzero().reshape(-1)
+    if len(empty):
+        n_empty = len(empty)
+        k_local = min(n_empty, X.shape[0])
+        far = sq_dist.topk(k_local)
+        values = torch.full((n_empty,), -1.0, dtype=torch.float64, device=X.device)
+        values[:k_local] = far.values.double()
+        rows = torch.zeros(n_empty, X.shape[1] + 2, dtype=X.dtype, device=X.device)  # point, weight, old label
+        rows[:k_local, :-2] = _shifted(X[far.indices], mean)
+        rows[:k_local, -2] = weights[far.indices]
+        rows[:k_local, -1] = labels[far.indices].to(X.dtype)
+        all_values = torch.cat(comm.gather(values, "relocating empty clusters"))
+        all_rows = torch.cat(comm.gather(rows, "relocating empty clusters"))
+        if float(all_values.max()) > 0:  # all points on their centres: nothing to gain
+            for new, pick in zip(empty.tolist(), all_values.topk(n_empty).indices.tolist(), strict=True):
+                point, w, old = all_rows[pick, :-2], all_rows[pick, -2], int(all_rows[pick, -1])
+                sums[old] -= point * w
+                counts[old] -= w
+                sums[new] = point * w
+                counts[new] = w
+    filled = (counts > 0)[:, None]
+    averages = sums / counts.clamp_min(torch.finfo(X.dtype).tiny)[:, None]
+    return torch.where(filled, averages if mean is None else averages + mean, centers)
+
+
+def _rows_per_pass(X: torch.Tensor) -> int:
+    """Rows per chunk of an elementwise pass over X (temporaries of bounded size)."""
+    return _assign.chunk_rows(1, 8 * X.shape[1])
+
+
+def _column_sums(X: torch.Tensor) -> torch.Tensor:
+    """Column sums in float64, chunk by chunk (``X.sum(0, dtype=float64)`` casts all of X)."""
+    total = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
+    for start, stop in _assign.chunks(X.shape[0], _rows_per_pass(X)):
+        total += X[start:stop].sum(0, dtype=torch.float64)
+    return total
+
+
+def _shifted(x: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    return x if shift is None else x - shift
+
+
+def _inertia(comm: Comm, X, weights, centers, labels, mean) -> float:
+    """``sum_i w_i |x_i - c_{labels_i}|^2``, chunked, all-reduced."""
+    total = torch.zeros(1, dtype=torch.float64, device=X.device)
+    for start, stop in _assign.chunks(X.shape[0], _assign.chunk_rows(1, X.element_size() * X.shape[1])):
+        d = X[start:stop] - centers[labels[start:stop]]
+        total += ((d * d).sum(1).double() * weights[start:stop].double()).sum()
+    return float(comm.sum(total, "computing the inertia"))
+
+
+def _converged(comm: Comm, labels, labels_old) -> bool:
+    """Whether no label changed on any process."""
+    changed = torch.tensor([0.0 if labels_old is not None and torch.equal(labels, labels_old) else 1.0])
+    return labels_old is not None and float(comm.sum(changed, "checking convergence")) == 0
+
+
+def _lloyd(comm, X, weights, centers, mean, max_iter, tol, log, uniform=False):
+    """scikit-learn's Lloyd loop: stop when no label changes (strict) or the squared centre
+    shift is within ``tol``; without strict convergence, labels are recomputed at the end."""
+    labels_old, strict = None, False
+    x_sq = _row_norms(X, mean)
+    for i in range(max_iter):
+        labels, sq_dist, sums, counts = _assign.assign(
+            X, centers, shift=mean, x_sq=x_sq, weights=None if uniform else weights, sums=True
+        )
+        _reduce(comm, sums, counts)
+        new_centers = _relocate_and_average(comm, X, weights, centers, mean, sums, counts, labels, sq_dist)
+        shift = float(((new_centers - centers) ** 2).sum())
+        if log:
+            log(i, float(comm.sum((sq_dist.double() * weights.double()).sum().reshape(1))), shift)
+        centers = new_centers
+        if _converged(comm, labels, labels_old):
+            strict = True
+            break
+        if shift <= tol:
+            break
+        labels_old = labels
+    if not strict:
+        labels = _assign.assign(X, centers, shift=mean, x_sq=x_sq)[0]
+    return centers, labels, _inertia(comm, X, weights, centers, labels, mean), i + 1
+
+
+def _row_norms(X: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """``|x_i - shift|^2`` for every row, once per fit."""
+    out = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
+    for start, stop in _assign.chunks(X.shape[0], _assign.chunk_rows(1, X.element_size() * X.shape[1])):
+        x = _shifted(X[start:stop], shift)
+        out[start:stop] = (x * x).sum(1)
+    return out
+
+
+def _gradient(comm, X, weights, centers, mean, max_iter, tol, batch_size, lr, generator, log):
+    """Gradient descent on the argmin loss: autograd through ``0.5 * sum w |x - c_a|^2`` and
+    SGD on the centres with the gradient of centre k divided by its weight n_k (rate lr / n_k).
+    With full batches n_k is the weight assigned in this step, and with lr = 1 each step is
+    a Newton step: Lloyd's update. With mini-batches n_k is the weight assigned so far (the
+    online k-means of Bottou and Bengio 1995), so steps shrink and the centres converge.
+    Empty clusters are relocated as in Lloyd."""
+    param = nn.Parameter(centers.clone())
+    opt = torch.optim.SGD([param], lr=lr)
+    n = X.shape[0]
+    step_size = n if batch_size >= n else batch_size
+    seen = torch.zeros(centers.shape[0], dtype=X.dtype, device=X.device)
+    labels_old = None
+    for i in range(max_iter):
+        order = torch.arange(n) if step_size == n else torch.randperm(n, generator=generator)
+        old = param.detach().clone()
+        for start in range(0, n, step_size):
+            index = order[start : start + step_size].to(X.device)
+            xb, wb = X[index], weights[index]
+            with torch.no_grad():
+                labels, sq_dist, sums, counts = _assign.assign(xb, param, shift=mean, weights=wb, sums=True)
+                _reduce(comm, sums, counts)
+            opt.zero_grad()
+            _loss_given_labels(xb, param, labels, wb).backward()
+            with torch.no_grad():
+                comm.sum(param.grad, "summing gradients")
+                seen = counts if step_size == n else seen + counts
+                param.grad /= seen.clamp_min(torch.finfo(X.dtype).tiny)[:, None]
+            opt.step()
+            if step_size == n and bool((counts == 0).any()):
+                with torch.no_grad():
+                    param.copy_(
+                        _relocate_and_average(comm, xb, wb, param.detach(), mean, sums, counts, labels, sq_dist)
+                    )
+        shift = float(((param.detach() - old) ** 2).sum())
+        if log:
+            log(i, float(comm.sum((sq_dist.double() * wb.double()).sum().reshape(1))), shift)
+        if step_size == n:
+            if _converged(comm, labels, labels_old):
+                break
+            labels_old = labels
+        if shift <= tol:
+            break
+    centers = param.detach()
+    labels = _assign.assign(X, centers, shift=mean)[0]
+    return centers, labels, _inertia(comm, X, weights, centers, labels, mean), i + 1
+
+
+def _minibatch(
+    comm,
+    X,
+    weights,
+    centers,
+    mean,
+    max_iter,
+    tol,
+    batch_size,
+    generator,
+    log,
+    reassignment_ratio=0.01,
+    max_no_improvement=10,
+):
+    """Sculley (2010): each centre moves toward its batch points with rate 1 / (its total
+    weight so far); centres whose weight stays below ``reassignment_ratio`` of the largest
+    are moved to points drawn by squared distance."""
+    n = X.shape[0]
+    batch_size = min(batch_size, n)
+    steps = max_iter * max(1, n // batch_size)
+    counts_total = torch.zeros(centers.shape[0], dtype=X.dtype, device=X.device)
+    ewa, best_ewa, no_improvement = None, math.inf, 0
+    alpha = batch_size * 2.0 / (n + 1)
+    for step in range(steps):
+        index = torch.randint(n, (batch_size,), generator=generator).to(X.device)
+        xb, wb = X[index], weights[index]
+        labels, sq_dist, sums, counts = _assign.assign(xb, centers, shift=mean, weights=wb, sums=True)
+        _reduce(comm, sums, counts)
+        old = centers
+        seen = counts > 0
+        total = counts_total + counts
+        moved = (_shifted(old, mean) * counts_total[:, None] + sums) / total.clamp_min(1e-30)[:, None]
+        centers = torch.where(seen[:, None], moved if mean is None else moved + mean, old)
+        counts_total = total
+        if step % 10 == 9:  # reassign starved centres (scikit-learn: every few steps)
+            starved = counts_total < reassignment_ratio * counts_total.max()
+            if bool(starved.any()) and bool((~starved).any()):
+                probs = (sq_dist.double() * wb.double()).cpu()
+                if float(probs.sum()) > 0:
+                    picks = torch.multinomial(probs, int(starved.sum()), replacement=False, generator=generator)
+                    centers = centers.clone()
+                    centers[starved] = xb[picks.to(X.device)]
+                    counts_total[starved] = counts_total[~starved].min()
+        shift = float(((centers - old) ** 2).sum())
+        batch_inertia = float(comm.sum((sq_dist.double() * wb.double()).sum().reshape(1))) / batch_size
+        ewa = batch_inertia if ewa is None else ewa * (1 - alpha) + batch_inertia * alpha
+        if log:
+            log(step, batch_inertia, shift)
+        if tol > 0 and shift <= tol:
+            break
+        if ewa < best_ewa:
+            best_ewa, no_improvement = ewa, 0
+        else:
+            no_improvement += 1
+            if no_improvement >= max_no_improvement:
+                break
+    labels = _assign.assign(X, centers, shift=mean)[0]
+    return centers, labels, _inertia(comm, X, weights, centers, labels, mean), step + 1
+
+
+def kmeans_loss(
+    X: torch.Tensor, centers: torch.Tensor, *, sample_weight: torch.Tensor | None = None, reduction: str = "sum"
+) -> torch.Tensor:
+    """Half the squared distance of each point to its nearest centre (argmin assignment).
+
+    ``0.5 * sum_i w_i |x_i - c_{a(i)}|^2``: the factor 1/2 makes the Hessian w.r.t. centre
+    ``k`` equal to ``n_k I``, so the Newton step (rate ``1 / n_k``) is exactly Lloyd's update
+    (Bottou and Bengio 1995). The assignment ``a(i)`` is piecewise constant and passes no
+    gradient; ``centers`` receive ``n_k c_k - sum_{i in k} w_i x_i``, and ``X`` receives
+    ``w_i (x_i - c_{a(i)})`` (a commitment-style gradient pulling points to their centres).
+    Computed in chunks: the ``N x K`` distances are never held at once.
+
+    Args:
+        X: ``(N, D)`` points.
+        centers: ``(K, D)`` centres.
+        sample_weight: ``(N,)`` weights (default 1).
+        reduction: ``"sum"``, or ``"mean"`` (divided by the total weight).
+
+    Returns:
+        A scalar tensor.
+
+    Example:
+        >>> X = torch.tensor([[0.0], [2.0], [10.0]])
+        >>> c = torch.tensor([[1.0], [9.0]], requires_grad=True)
+        >>> loss = kmeans_loss(X, c)
+        >>> loss
+        tensor(1.5000, grad_fn=<MulBackward0>)
+        >>> loss.backward(); c.grad  # n_k c_k - sum x: (2 - 2, 9 - 10)
+        tensor([[ 0.],
+                [-1.]])
+    """
+    api = "kmeans_loss"
+    X = v.floating_tensor(api, "X", X, min_ndim=2)
+    centers = v.floating_tensor(api, "centers", centers, min_ndim=2)
+    if X.dim() != 2 or centers.dim() != 2 or X.shape[1] != centers.shape[1]:
+        raise ArgumentError(
+            f"{api}: X must be (N, D) and centers (K, D) with the same D "
+            f"(got X {tuple(X.shape)}, centers {tuple(centers.shape)})"
+        )
+    v.choice(api, "reduction", reduction, ("sum", "mean"))
+    with torch.no_grad():
+        labels = _assign.assign(X.detach(), centers.detach(), shift=X.detach().mean(0))[0]
+    total = _loss_given_labels(X, centers, labels, sample_weight)
+    if reduction == "mean":
+        total = total / (sample_weight.sum() if sample_weight is not None else X.shape[0])
+    return total
+
+
+def _loss_given_labels(X, centers, labels, sample_weight=None) -> torch.Tensor:
+    diff = X - centers[labels]
+    sq = (diff * diff).sum(1)
+    if sample_weight is not None:
+        sq = sq * sample_weight
+    return sq.sum() * 0.5
+
+
+def soft_kmeans_assign(X: torch.Tensor, centers: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Soft assignment ``softmax(-|x - c_k|^2 / tau)`` over the centres (DKM, Cho et al. 2022).
+
+    Differentiable in ``X``, ``centers`` (and a tensor ``tau``); as ``tau -> 0`` it tends
+    to the one-hot of the argmin. Materialises ``(N, K)``: it is the output.
+
+    Args:
+        X: ``(N, D)``. centers: ``(K, D)``. tau: positive temperature.
+
+    Returns:
+        ``(N, K)``, rows summing to 1.
+
+    Example:
+        >>> soft_kmeans_assign(torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0], [1.0]]), tau=0.1)
+        tensor([[9.9995e-01, 4.5398e-05],
+                [4.5398e-05, 9.9995e-01]])
+    """
+    api = "soft_kmeans_assign"
+    X = v.floating_tensor(api, "X", X, min_ndim=2)
+    centers = v.floating_tensor(api, "centers", centers, min_ndim=2)
+    if X.shape[-1] != centers.shape[-1]:
+        raise ArgumentError(
+            f"{api}: X and centers must have the same number of features (got {X.shape[-1]} and {centers.shape[-1]})"
+        )
+    if not isinstance(tau, torch.Tensor):
+        tau = v.real(api, "tau", tau, positive=True)
+    sq = (X * X).sum(-1, keepdim=True) - 2 * X @ centers.T + (centers * centers).sum(-1)
+    return torch.softmax(-sq.clamp_min(0) / tau, -1)
+
+
+class SoftKMeans(nn.Module):
+    """A layer of ``K`` learnable centres with soft assignment (DKM-style clustering layer).
+
+    ``forward(x)`` returns ``(assignments, reconstruction)``: ``soft_kmeans_assign(x, centers,
+    tau)`` of shape ``(N, K)`` and its expectation of the centres ``assignments @ centers``.
+
+    Example:
+        >>> layer = SoftKMeans(4, 3, tau=0.5)
+        >>> weights, recon = layer(torch.randn(8, 3))
+        >>> weights.shape, recon.shape
+        (torch.Size([8, 4]), torch.Size([8, 3]))
+    """
+
+    def __init__(self, n_clusters: int, n_features: int, tau: float = 1.0):
+        super().__init__()
+        self.n_clusters = v.integer("SoftKMeans", "n_clusters", n_clusters, low=1)
+        self.n_features = v.integer("SoftKMeans", "n_features", n_features, low=1)
+        self.tau = v.real("SoftKMeans", "tau", tau, positive=True)
+        self.centers = nn.Parameter(torch.randn(n_clusters, n_features))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = soft_kmeans_assign(x, self.centers, self.tau)
+        return weights, weights @ self.centers
+
+    def extra_repr(self) -> str:
+        return f"n_clusters={self.n_clusters}, n_features={self.n_features}, tau={self.tau}"
