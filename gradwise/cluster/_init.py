@@ -16,7 +16,7 @@ from gradwise.cluster._distributed import Comm
 from gradwise.errors import ArgumentError
 
 
-def _pick(comm: Comm, X: torch.Tensor, mass: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def pick(comm: Comm, X: torch.Tensor, mass: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The rows at which the global running sum of ``mass`` passes each target
     (``searchsorted(..., right=True)`` in float64), returned on every process."""
     cumsum = torch.cumsum(mass.double(), 0)
@@ -46,7 +46,7 @@ def kmeans_plusplus(
     centers = torch.empty(n_clusters, X.shape[1], dtype=dtype, device=X.device)
     total_w = comm.sum(weights.sum().reshape(1).clone(), "k-means++")
     u = torch.rand(1, generator=generator, dtype=torch.float64).item()
-    centers[0] = _pick(comm, X, weights, torch.tensor([u * total_w.item()], dtype=torch.float64))[0]
+    centers[0] = pick(comm, X, weights, torch.tensor([u * total_w.item()], dtype=torch.float64))[0]
     closest = _sq_dist_to(X, centers[0:1], shift)[0]
     potential = comm.sum((weights * closest).sum().reshape(1).clone(), "k-means++").item()
     for c in range(1, n_clusters):
@@ -55,7 +55,7 @@ def kmeans_plusplus(
                 f"{api}: n_clusters={n_clusters} exceeds the number of distinct points in X ({c}); lower n_clusters"
             )
         draws = torch.rand(n_trials, generator=generator, dtype=torch.float64) * potential
-        candidates = _pick(comm, X, weights * closest, draws)
+        candidates = pick(comm, X, weights * closest, draws)
         dist = torch.minimum(closest[None, :], _sq_dist_to(X, candidates, shift))  # (trials, n_local)
         pots = comm.sum((dist * weights).sum(1), "k-means++")
         best = int(torch.argmin(pots))

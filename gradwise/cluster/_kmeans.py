@@ -326,6 +326,12 @@ def _relocate_and_average(comm: Comm, X, weights, centers, mean, sums, counts, l
     return torch.where(filled, averages if mean is None else averages + mean, centers)
 
 
+def _largest_shard(comm: Comm, n: int, device) -> int:
+    if comm.world == 1:
+        return n
+    return int(torch.cat(comm.gather(torch.tensor([n], device=device), "sharing the shard sizes")).max())
+
+
 def _rows_per_pass(X: torch.Tensor) -> int:
     """Rows per chunk of an elementwise pass over X (temporaries of bounded size)."""
     return _assign.chunk_rows(1, 8 * X.shape[1])
@@ -343,7 +349,7 @@ def _shifted(x: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
     return x if shift is None else x - shift
 
 
-def _inertia(comm: Comm, X, weights, centers, labels, mean) -> float:
+def _inertia(comm: Comm, X, weights, centers, labels) -> float:
     """``sum_i w_i |x_i - c_{labels_i}|^2``, chunked, all-reduced."""
     total = torch.zeros(1, dtype=torch.float64, device=X.device)
     for start, stop in _assign.chunks(X.shape[0], _assign.chunk_rows(1, X.element_size() * X.shape[1])):
@@ -381,7 +387,7 @@ def _lloyd(comm, X, weights, centers, mean, max_iter, tol, log, uniform=False):
         labels_old = labels
     if not strict:
         labels = _assign.assign(X, centers, shift=mean, x_sq=x_sq)[0]
-    return centers, labels, _inertia(comm, X, weights, centers, labels, mean), i + 1
+    return centers, labels, _inertia(comm, X, weights, centers, labels), i + 1
 
 
 def _row_norms(X: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
@@ -403,13 +409,16 @@ def _gradient(comm, X, weights, centers, mean, max_iter, tol, batch_size, lr, ge
     param = nn.Parameter(centers.clone())
     opt = torch.optim.SGD([param], lr=lr)
     n = X.shape[0]
-    step_size = n if batch_size >= n else batch_size
+    n_max = _largest_shard(comm, n, X.device)
+    full = batch_size >= n_max
+    step_size = n if full else batch_size
     seen = torch.zeros(centers.shape[0], dtype=X.dtype, device=X.device)
     labels_old = None
     for i in range(max_iter):
-        order = torch.arange(n) if step_size == n else torch.randperm(n, generator=generator)
         old = param.detach().clone()
-        for start in range(0, n, step_size):
+        # every process takes the same number of steps (shards may differ in size)
+        order = torch.arange(n) if full else torch.randperm(n_max, generator=generator) % max(n, 1)
+        for start in range(0, len(order), step_size):
             index = order[start : start + step_size].to(X.device)
             xb, wb = X[index], weights[index]
             with torch.no_grad():
@@ -419,10 +428,10 @@ def _gradient(comm, X, weights, centers, mean, max_iter, tol, batch_size, lr, ge
             _loss_given_labels(xb, param, labels, wb).backward()
             with torch.no_grad():
                 comm.sum(param.grad, "summing gradients")
-                seen = counts if step_size == n else seen + counts
+                seen = counts if full else seen + counts
                 param.grad /= seen.clamp_min(torch.finfo(X.dtype).tiny)[:, None]
             opt.step()
-            if step_size == n and bool((counts == 0).any()):
+            if full and bool((counts == 0).any()):
                 with torch.no_grad():
                     param.copy_(
                         _relocate_and_average(comm, xb, wb, param.detach(), mean, sums, counts, labels, sq_dist)
@@ -430,7 +439,7 @@ def _gradient(comm, X, weights, centers, mean, max_iter, tol, batch_size, lr, ge
         shift = float(((param.detach() - old) ** 2).sum())
         if log:
             log(i, float(comm.sum((sq_dist.double() * wb.double()).sum().reshape(1))), shift)
-        if step_size == n:
+        if full:
             if _converged(comm, labels, labels_old):
                 break
             labels_old = labels
@@ -438,7 +447,7 @@ def _gradient(comm, X, weights, centers, mean, max_iter, tol, batch_size, lr, ge
             break
     centers = param.detach()
     labels = _assign.assign(X, centers, shift=mean)[0]
-    return centers, labels, _inertia(comm, X, weights, centers, labels, mean), i + 1
+    return centers, labels, _inertia(comm, X, weights, centers, labels), i + 1
 
 
 def _minibatch(
@@ -459,13 +468,15 @@ def _minibatch(
     weight so far); centres whose weight stays below ``reassignment_ratio`` of the largest
     are moved to points drawn by squared distance."""
     n = X.shape[0]
-    batch_size = min(batch_size, n)
-    steps = max_iter * max(1, n // batch_size)
+    n_max = _largest_shard(comm, n, X.device)
+    batch_size = min(batch_size, n_max)
+    steps = max_iter * max(1, n_max // batch_size)
     counts_total = torch.zeros(centers.shape[0], dtype=X.dtype, device=X.device)
     ewa, best_ewa, no_improvement = None, math.inf, 0
-    alpha = batch_size * 2.0 / (n + 1)
+    n_total = n if comm.world == 1 else comm.offsets(n, X.device)[1]
+    alpha = batch_size * comm.world * 2.0 / (n_total + 1)  # decay of the averaged batch inertia
     for step in range(steps):
-        index = torch.randint(n, (batch_size,), generator=generator).to(X.device)
+        index = (torch.randint(n_max, (batch_size,), generator=generator) % max(n, 1)).to(X.device)
         xb, wb = X[index], weights[index]
         labels, sq_dist, sums, counts = _assign.assign(xb, centers, shift=mean, weights=wb, sums=True)
         _reduce(comm, sums, counts)
@@ -478,11 +489,12 @@ def _minibatch(
         if step % 10 == 9:  # reassign starved centres (scikit-learn: every few steps)
             starved = counts_total < reassignment_ratio * counts_total.max()
             if bool(starved.any()) and bool((~starved).any()):
-                probs = (sq_dist.double() * wb.double()).cpu()
-                if float(probs.sum()) > 0:
-                    picks = torch.multinomial(probs, int(starved.sum()), replacement=False, generator=generator)
+                mass = sq_dist * wb
+                total_mass = float(comm.sum(mass.sum().reshape(1).double(), "reassigning centres"))
+                if total_mass > 0:  # new centres drawn by squared distance, the same on every process
+                    draws = torch.rand(int(starved.sum()), generator=generator, dtype=torch.float64) * total_mass
                     centers = centers.clone()
-                    centers[starved] = xb[picks.to(X.device)]
+                    centers[starved] = _init.pick(comm, xb, mass, draws)
                     counts_total[starved] = counts_total[~starved].min()
         shift = float(((centers - old) ** 2).sum())
         batch_inertia = float(comm.sum((sq_dist.double() * wb.double()).sum().reshape(1))) / batch_size
@@ -498,7 +510,7 @@ def _minibatch(
             if no_improvement >= max_no_improvement:
                 break
     labels = _assign.assign(X, centers, shift=mean)[0]
-    return centers, labels, _inertia(comm, X, weights, centers, labels, mean), step + 1
+    return centers, labels, _inertia(comm, X, weights, centers, labels), step + 1
 
 
 def kmeans_loss(

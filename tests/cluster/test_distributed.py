@@ -49,6 +49,11 @@ WORKER = textwrap.dedent(
                 torch.tensor(X[shard]), sample_weight=torch.tensor(w[shard]), distributed=True
             )
             results[(init, algorithm)] = (km.cluster_centers_, km.inertia_, km.n_iter_, km.labels_)
+    for algorithm in ("minibatch", "gradient"):  # mini-batches: the same centres on every process
+        km = KMeans(7, algorithm=algorithm, batch_size=64, max_iter=5, random_state=3).fit(
+            torch.tensor(X[shard]), distributed=True
+        )
+        results[("batches", algorithm)] = (km.cluster_centers_, km.inertia_, km.n_iter_, km.labels_)
     torch.save(results, out)
     dist.destroy_process_group()
     """
@@ -87,6 +92,11 @@ def test_shards_give_the_single_process_result(tmp_path, world):
     w = np.random.RandomState(1).uniform(0.5, 2.0, size=len(X))
     for key, (centers, inertia, n_iter, _) in ranks[0].items():
         init, algorithm = key
+        if init == "batches":
+            for other in ranks[1:]:
+                assert torch.equal(other[key][0], centers), key
+                assert other[key][1] == inertia and other[key][2] == n_iter
+            continue
         single = KMeans(7, init=init, algorithm=algorithm, batch_size=10**6, random_state=3).fit(
             torch.tensor(X), sample_weight=torch.tensor(w)
         )
