@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# the main job: the doctor on a bundled broken script (exit status 1 = it found the error, as it should)
 demo: $(STAMP)
-	$(BIN)/python examples/argmax_training.py
+	$(BIN)/gradwise doctor examples/doctor/broken_graph_break_vq_argmin.py --steps 3 || [ $$? -eq 1 ]
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

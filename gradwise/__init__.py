@@ -7,10 +7,20 @@
 tensor([1., 1., 1., 1.], grad_fn=<SumBackward1>)
 """
 
-from gradwise import cluster, errors, ops, testing
+from gradwise import cluster, doctor, errors, ops, per_sample, testing
 from gradwise._constrain import constrain
 from gradwise.errors import GradwiseError
 
 __version__ = "0.1.0"
 
-__all__ = ["GradwiseError", "__version__", "cluster", "constrain", "errors", "ops", "testing"]
+__all__ = [
+    "GradwiseError",
+    "__version__",
+    "cluster",
+    "constrain",
+    "doctor",
+    "errors",
+    "ops",
+    "per_sample",
+    "testing",
+]

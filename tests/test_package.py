@@ -10,7 +10,15 @@ import pytest
 import gradwise
 import gradwise.errors
 
-PUBLIC_MODULES = ["gradwise", "gradwise.ops", "gradwise.errors", "gradwise.testing"]
+PUBLIC_MODULES = [
+    "gradwise",
+    "gradwise.ops",
+    "gradwise.errors",
+    "gradwise.testing",
+    "gradwise.cluster",
+    "gradwise.per_sample",
+    "gradwise.doctor",
+]
 OPTIONAL = ["triton", "matplotlib", "tensorboard", "sklearn", "rich"]
 
 
@@ -37,26 +45,43 @@ def test_public_functions_have_docstrings_with_examples():
             assert ">>>" in doc, f"gradwise.ops.{name} has no runnable example"
 
 
+_BLOCKER = """
+import importlib.abc, importlib.machinery, sys
+
+class _Refuse(importlib.abc.Loader):
+    def create_module(self, spec):
+        raise ImportError("gradwise imported optional package " + spec.name)
+
+    def exec_module(self, module):
+        pass
+
+class _Block:
+    # a probe (importlib.util.find_spec, as torch._dynamo does) finds a spec; importing it fails
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            return importlib.machinery.ModuleSpec(name, _Refuse())
+        return None
+
+sys.meta_path.insert(0, _Block())
+"""
+
+
 def test_import_imports_no_optional_dependency():
-    """A meta-path hook makes any attempt to import an optional package fail loudly, so the
-    test fails even where those packages are not installed."""
-    code = textwrap.dedent(
-        f"""
+    """A meta-path hook makes importing an optional package fail loudly, so the test fails
+    even where those packages are not installed."""
+    code = (
+        f"BLOCKED = {OPTIONAL!r}\n"
+        + _BLOCKER
+        + textwrap.dedent(
+            """
+        import gradwise, gradwise.ops, gradwise.errors, gradwise.testing, gradwise.cluster
+        import gradwise.per_sample, gradwise.doctor, gradwise.cli
         import sys
-        BLOCKED = {OPTIONAL!r}
-
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in BLOCKED:
-                    raise ImportError("gradwise imported optional package " + name)
-                return None
-
-        sys.meta_path.insert(0, Block())
-        import gradwise, gradwise.ops, gradwise.errors, gradwise.testing, gradwise.cli
         loaded = [m for m in BLOCKED if m in sys.modules]
         assert not loaded, loaded
         print("ok")
         """
+        )
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -64,19 +89,10 @@ def test_import_imports_no_optional_dependency():
 
 
 def test_the_import_check_would_catch_an_optional_import():
-    code = textwrap.dedent(
-        """
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "sklearn":
-                    raise ImportError("blocked " + name)
-        sys.meta_path.insert(0, Block())
-        import sklearn
-        """
-    )
+    code = "BLOCKED = ['sklearn']\n" + _BLOCKER + "import importlib.util\nassert importlib.util.find_spec('sklearn')\n"
+    code += "import sklearn\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0 and "blocked sklearn" in out.stderr
+    assert out.returncode != 0 and "gradwise imported optional package sklearn" in out.stderr
 
 
 def test_error_hierarchy():

@@ -1,0 +1,93 @@
+"""Time of one training step under ``gw.doctor.watch()`` next to the same step without it.
+
+Run from the repository root::
+
+    python benchmarks/doctor_overhead.py [--threads N] [--quick]
+
+For a small CNN (B=64, 1x28x28), an MLP (4 x 512, B=256) and a small transformer encoder
+block (d=128, 4 heads, B=32, T=64): forward, cross-entropy, backward and an Adam step,
+timed with torch.utils.benchmark (median), plain and watched in the same run. The
+doctor's cost is the recording of every torch operation in Python (a TorchFunctionMode)
+and the checks at each backward(); the target is at most 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.benchmark import Timer
+
+import gradwise as gw
+
+
+def cnn():
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 10),
+    )
+    return model, torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+
+
+def mlp():
+    layers = []
+    for _ in range(4):
+        layers += [nn.Linear(512, 512), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(512, 10)), torch.randn(256, 512), torch.randint(0, 10, (256,))
+
+
+def transformer():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.TransformerEncoderLayer(128, 4, 256, batch_first=True, dropout=0.0)
+            self.head = nn.Linear(128, 10)
+
+        def forward(self, x):
+            return self.head(self.layer(x).mean(1))
+
+    return Block(), torch.randn(32, 64, 128), torch.randint(0, 10, (32,))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    min_run = 0.2 if args.quick else 1.0
+    print(
+        f"gradwise {gw.__version__}, torch {torch.__version__}, {platform.processor() or 'cpu'}, "
+        f"{torch.get_num_threads()} thread(s)\n"
+    )
+    print("| model | plain step (ms) | under gw.doctor.watch (ms) | ratio |")
+    print("|---|---|---|---|")
+    for name, make in (("small CNN", cnn), ("MLP 4 x 512", mlp), ("transformer block", transformer)):
+        torch.manual_seed(0)
+        model, x, y = make()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step(model=model, x=x, y=y, opt=opt):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        plain = Timer("step()", globals={"step": step}).blocked_autorange(min_run_time=min_run).median
+        with gw.doctor.watch() as dr:
+            watched = Timer("step()", globals={"step": step}).blocked_autorange(min_run_time=min_run).median
+        assert not [f for f in dr.findings if f.severity == "error"], dr.report()
+        print(f"| {name} | {plain * 1e3:.2f} | {watched * 1e3:.2f} | {watched / plain:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

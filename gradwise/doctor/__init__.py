@@ -1,0 +1,11 @@
+"""The doctor: which parameter lost its gradient, the line that cut it, and the fix.
+
+``with gw.doctor.watch() as dr:`` around training steps, then ``dr.findings`` and
+``dr.report()``; or ``gradwise doctor train.py`` on a script, unmodified.
+"""
+
+from gradwise.doctor._findings import KINDS, Finding
+from gradwise.doctor._report import format_report
+from gradwise.doctor._watch import Doctor, StopWatching, diagnose, watch
+
+__all__ = ["KINDS", "Doctor", "Finding", "StopWatching", "diagnose", "format_report", "watch"]
