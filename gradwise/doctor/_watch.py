@@ -524,7 +524,9 @@ class Doctor:
             delta = p.grad if prior is None else p.grad - prior
             if bool((delta == 0).all()) and delta.numel() > 0:
                 causes = [z for z in zeros if key in z.params]
-                z = causes[0] if causes else None
+                if not causes:  # zero for another reason (a dead unit, a zero mask): not this finding
+                    continue
+                z = causes[0]
                 fix = {
                     "round": "Use gw.ops.round_ste(x) (straight-through rounding) instead of torch.round.",
                     "floor": "Use gw.ops.round_ste (or floor with a straight-through gradient: x + (x.floor() - "
@@ -532,22 +534,21 @@ class Doctor:
                     "ceil": "Use a straight-through ceil: x + (x.ceil() - x).detach().",
                     "sign": "Use gw.ops.sign_ste(x, clip=1.0) instead of torch.sign.",
                 }.get(
-                    z.op.rstrip("_") if z else "",
-                    "Replace the zero-derivative operation by a smooth or "
-                    "straight-through version (gw.ops.round_ste, gw.ops.sign_ste), or widen the clamp.",
+                    z.op.rstrip("_"),
+                    "Keep the clamp's input inside its range (or widen the range): saturated on every element, "
+                    "it passes no gradient. For a hard limit that must train, clamp with a straight-through "
+                    "gradient (x + (x.clamp(lo, hi) - x).detach()).",
+                )
+                what = (
+                    f"{z.op} is saturated on every element"
+                    if z.op in _CLAMPS
+                    else (f"{z.op} has a zero derivative almost everywhere")
                 )
                 self._add(
                     "zero-gradient",
                     "error",
-                    (
-                        f"{z.op} has a zero derivative almost everywhere"
-                        if z and z.op not in _CLAMPS
-                        else f"{z.op} is saturated on every element"
-                        if z
-                        else "the gradient is identically zero"
-                    )
-                    + ": the parameter's gradient is exactly 0, so it never changes.",
-                    z.site if z else None,
+                    what + ": the parameter's gradient is exactly 0, so it never changes.",
+                    z.site,
                     [self._param_name(key)],
                     fix,
                 )
