@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 WORKER = textwrap.dedent(
     """
-    import sys, time, numpy as np, torch, torch.distributed as dist
+    import os, sys, time, numpy as np, torch, torch.distributed as dist
     from sklearn.datasets import make_blobs
     from gradwise.cluster import KMeans, PeerTimeoutError
 
@@ -55,7 +55,10 @@ WORKER = textwrap.dedent(
         )
         results[("batches", algorithm)] = (km.cluster_centers_, km.inertia_, km.n_iter_, km.labels_)
     torch.save(results, out)
+    dist.barrier()  # nobody tears down while a peer still talks
     dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown, where gloo's threads have aborted the process (seen once)
     """
 )
 
