@@ -2,12 +2,7 @@
 deepcopy, functional_call, torch.compile and DDP, and init round-trips."""
 
 import copy
-import os
-import socket
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +11,7 @@ from torch.distributions import constraints as C
 
 import gradwise as gw
 from gradwise.errors import ArgumentError, ArgumentTypeError, UnsupportedError
+from tests.gloo import WORKER_EXIT, run_workers
 
 
 def holder(shape=(3,), value=0.5):
@@ -244,8 +240,9 @@ def test_error_texts():
         gw.constrain.unconstrain(nn.Linear(2, 2), "weight")
 
 
-DDP_WORKER = textwrap.dedent(
-    """
+DDP_WORKER = (
+    textwrap.dedent(
+        """
     import os, sys, torch, torch.distributed as dist
     from torch import nn
     import gradwise as gw
@@ -267,37 +264,14 @@ DDP_WORKER = textwrap.dedent(
         loss.backward()
         opt.step()
     torch.save(gw.constrain.values(model), out)
-    dist.barrier()  # nobody tears down while a peer still talks
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    os._exit(0)  # skip interpreter teardown, where gloo's threads have aborted the process (seen once)
     """
+    )
+    + WORKER_EXIT
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_over_two_gloo_processes_matches_one_process(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(DDP_WORKER)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "GLOO_SOCKET_IFNAME": "lo"}
-    port = free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(r), "2", str(port), str(tmp_path / f"rank{r}.pt")],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    errors = [p.communicate(timeout=240)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errors
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_workers(tmp_path, DDP_WORKER, 2)
     assert torch.equal(ranks[0]["weight"], ranks[1]["weight"])
     # one process on the whole batch: DDP averages the two shards' mean gradients, the same thing
     torch.manual_seed(0)

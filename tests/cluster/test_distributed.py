@@ -1,10 +1,6 @@
 """KMeans over shards in 2 and 3 gloo processes equals one process on the concatenated data;
 a peer that does not join makes the others raise within the timeout instead of hanging."""
 
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,11 +10,13 @@ import torch
 from sklearn.datasets import make_blobs
 
 from gradwise.cluster import KMeans
+from tests.gloo import WORKER_EXIT, run_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 
-WORKER = textwrap.dedent(
-    """
+WORKER = (
+    textwrap.dedent(
+        """
     import os, sys, time, numpy as np, torch, torch.distributed as dist
     from sklearn.datasets import make_blobs
     from gradwise.cluster import KMeans, PeerTimeoutError
@@ -55,37 +53,14 @@ WORKER = textwrap.dedent(
         )
         results[("batches", algorithm)] = (km.cluster_centers_, km.inertia_, km.n_iter_, km.labels_)
     torch.save(results, out)
-    dist.barrier()  # nobody tears down while a peer still talks
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    os._exit(0)  # skip interpreter teardown, where gloo's threads have aborted the process (seen once)
     """
+    )
+    + WORKER_EXIT
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_world(tmp_path, world, mode="fit"):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo"}
-    port = free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(r), str(world), str(port), str(tmp_path / f"{r}.pt"), mode],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(world)
-    ]
-    errors = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0] * world, errors
-    return [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(world)]
+    return run_workers(tmp_path, WORKER, world, mode)
 
 
 @pytest.mark.parametrize("world", [2, 3])

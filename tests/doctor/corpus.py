@@ -21,23 +21,14 @@ import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gradwise.doctor import KINDS  # the kinds markers may name: the doctor's own list
+
 __all__ = ["CORPUS_DIR", "HELPERS_DIR", "KINDS", "MARKER", "REPO_ROOT", "Script", "load_corpus", "parse_markers"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CORPUS_DIR = REPO_ROOT / "examples" / "doctor"
 HELPERS_DIR = CORPUS_DIR / "helpers"
 
-KINDS = (
-    "graph-break",
-    "unused-parameter",
-    "zero-gradient",
-    "loss-input",
-    "stale-graph",
-    "requires-grad-bandaid",
-    "inplace-modification",
-    "missing-zero-grad",
-    "parameter-not-optimized",
-)
 
 MARKER = "# doctor:"
 EXPECT_EXIT = "# expect-exit:"

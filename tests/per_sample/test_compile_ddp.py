@@ -1,9 +1,5 @@
 """Under torch.compile and DDP (two gloo processes)."""
 
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradwise.per_sample as ps
+from tests.gloo import WORKER_EXIT, run_workers
 
 
 def _model():
@@ -42,8 +39,9 @@ def test_compiled_model_and_compiled_caller():
     torch.testing.assert_close(fn(x, y), expected, rtol=1e-5, atol=1e-6)
 
 
-WORKER = textwrap.dedent(
-    """
+WORKER = (
+    textwrap.dedent(
+        """
     import os, sys, torch, torch.distributed as dist, torch.nn.functional as F
     from torch import nn
     sys.path.insert(0, sys.argv[5])
@@ -58,34 +56,14 @@ WORKER = textwrap.dedent(
     norms = ps.norms(ddp, F.cross_entropy, x[shard], y[shard])
     ps.clip_and_accumulate(ddp, F.cross_entropy, x[shard], y[shard], max_norm=0.5)
     torch.save({"norms": norms, "grads": [p.grad for p in ddp.parameters()]}, out)
-    dist.barrier()  # nobody tears down while a peer still talks
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    os._exit(0)  # skip interpreter teardown, where gloo's threads have aborted the process (seen once)
     """
+    )
+    + WORKER_EXIT
 )
 
 
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": root, "GLOO_SOCKET_IFNAME": "lo"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(r), "2", str(port), str(tmp_path / f"rank{r}.pt"), root],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    errors = [p.communicate(timeout=240)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errors
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_workers(tmp_path, WORKER, 2, str(Path(__file__).resolve().parents[2]))
     model = _model()
     x, y = _data()
     one = ps.norms(model, F.cross_entropy, x, y)
