@@ -296,6 +296,8 @@ class Doctor:
                     if short in ("detach", "detach_")
                     else "data"
                     if short == "data"
+                    else "boolean"
+                    if o.dtype == torch.bool
                     else "integer"
                     if not (o.is_floating_point() or o.is_complex())
                     else "other"
@@ -459,7 +461,7 @@ class Doctor:
             "extract": f".{op}() turns the tensor into Python numbers and torch.tensor(...) makes a new leaf without "
             f"history: keep the value as a tensor.",
         }
-        if reason == "integer":
+        if reason in ("integer", "boolean"):
             if op in ("argmax", "argmin", "topk", "sort", "argsort", "max", "min"):
                 fix = (
                     f"{op} returns integer indices, which carry no gradient. For a classification loss pass the "
@@ -486,7 +488,8 @@ class Doctor:
             "detach": "detach() cuts the autograd graph",
             "data": ".data bypasses autograd",
             "extract": f".{op}() leaves autograd",
-            "integer": f"{op} returns an integer/boolean tensor",
+            "integer": f"{op} returns an integer tensor",
+            "boolean": f"{op} returns a boolean tensor",
         }.get(reason, f"{op} returns a tensor without autograd history")
         self._add(
             "graph-break",
