@@ -1,24 +1,15 @@
 """The bundled example ``examples/argmax_training.py`` (what ``make demo`` runs)."""
 
-import importlib.util
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "examples" / "argmax_training.py"
+from tests.examples import load_example, run_example
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("argmax_training_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("argmax_training")
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +83,7 @@ def test_training_is_deterministic(example):
 
 
 def test_script_runs_and_prints_the_table():
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT.relative_to(REPO))], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    proc = run_example("argmax_training")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     header = [line for line in lines if line.split() == ["step", "|", "torch.argmax", "|", "gw.ops.argmax_onehot"]]

@@ -1,19 +1,10 @@
 """examples/constrained_parameter.py shows the transform-once failure and the fix."""
 
-import importlib.util
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "constrained_parameter.py"
+from tests.examples import load_example, run_example
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("constrained_parameter", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("constrained_parameter")
 
 
 def test_transform_once_fails_on_the_second_backward():
@@ -31,7 +22,7 @@ def test_constrained_reaches_the_target_inside_the_support():
 
 
 def test_script_runs():
-    out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = run_example("constrained_parameter")
     assert out.returncode == 0, out.stderr
     assert "step 2 fails: RuntimeError: Trying to backward through the graph a second time" in out.stdout
     assert "p = 0.9000 after 60 steps" in out.stdout

@@ -1,22 +1,13 @@
 """examples/kmeans_gradient_descent.py: SGD on the argmin loss ends where Lloyd ends."""
 
-import importlib.util
-import subprocess
-import sys
-from pathlib import Path
-
 import torch
 
 import gradwise as gw
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "kmeans_gradient_descent.py"
+from tests.examples import load_example, run_example
 
 
 def test_sgd_converges_to_lloyd():
-    spec = importlib.util.spec_from_file_location("kmeans_gd", SCRIPT)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("kmeans_gradient_descent")
     X, init = example.make_data()
     lloyd = gw.cluster.KMeans(example.K, init=init).fit(X)
     centers, history = example.sgd_kmeans(X, init)
@@ -28,6 +19,6 @@ def test_sgd_converges_to_lloyd():
 
 
 def test_script_runs():
-    out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = run_example("kmeans_gradient_descent")
     assert out.returncode == 0, out.stderr
     assert "epoch | inertia (SGD) | Lloyd's inertia" in out.stdout

@@ -1,24 +1,15 @@
 """The bundled example ``examples/per_sample_mislabeled.py``."""
 
-import importlib.util
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "examples" / "per_sample_mislabeled.py"
+from tests.examples import load_example, run_example
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("per_sample_mislabeled_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("per_sample_mislabeled")
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +41,7 @@ def test_norms_are_those_of_a_loop_and_find_the_flipped_labels(example, result):
 
 
 def test_script_runs_and_prints_the_summary():
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT.relative_to(REPO))], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    proc = run_example("per_sample_mislabeled")
     assert proc.returncode == 0, proc.stderr
     line = next(line for line in proc.stdout.splitlines() if line.startswith("The 30 largest norms hold"))
     assert int(line.split()[5]) >= 24
