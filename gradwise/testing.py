@@ -34,12 +34,12 @@ import re
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from gradwise import _validate as v
+from gradwise._frames import is_library
 from gradwise.errors import ArgumentError, FunctionCheckError
 
 __all__ = ["CHECKS", "CheckResult", "FunctionReport", "assert_function_ok", "check_function"]
@@ -326,11 +326,6 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: floa
 _INVALID_GRADIENT = re.compile(
     r"invalid gradient at index (\d+) - got \[(.*?)\] but expected shape compatible with \[(.*?)\]"
 )
-_LIBRARY_DIRS = (str(Path(torch.__file__).resolve().parent), str(Path(__file__).resolve()))
-
-
-def _is_library_file(filename: str) -> bool:
-    return str(Path(filename).resolve()).startswith(_LIBRARY_DIRS)
 
 
 def _explain_exception(exc: Exception, ctx: _Context) -> str:
@@ -352,7 +347,7 @@ def _explain_exception(exc: Exception, ctx: _Context) -> str:
         )
     if "generate_vmap_rule" in text or "vmap staticmethod" in text:
         hints.append("set `generate_vmap_rule = True` (with a setup_context staticmethod) or define `vmap`")
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _is_library_file(f.filename)]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not is_library(f.filename)]
     where = f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return "\n".join([first + where, *hints])
 

@@ -3,18 +3,10 @@ import machinery."""
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-
-_LIBRARY_ROOTS = tuple(
-    str(Path(p).resolve()) + os.sep for p in (Path(torch.__file__).parent, Path(__file__).resolve().parents[1])
-)
-_SKIP_FILES = ("<frozen ", "runpy.py", "contextlib.py", "<string>")
-_library_cache: dict[str, bool] = {}
+from gradwise._frames import is_library as _is_library
 
 
 @dataclass(frozen=True)
@@ -26,15 +18,6 @@ class Site:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}"
-
-
-def _is_library(filename: str) -> bool:
-    cached = _library_cache.get(filename)
-    if cached is None:
-        resolved = str(Path(filename).resolve()) if not filename.startswith("<") else filename
-        cached = resolved.startswith(_LIBRARY_ROOTS) or any(s in filename for s in _SKIP_FILES)
-        _library_cache[filename] = cached
-    return cached
 
 
 def user_frame():
