@@ -18,50 +18,55 @@ def _estimators(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(message: str) -> int:
+    print(f"gradwise doctor: {message}", file=sys.stderr)
+    return 2
+
+
+def _json_path_problem(path: str) -> str | None:
+    """Why ``--json PATH`` cannot be written, checked before the script runs (None: it can)."""
+    import os
+
+    if os.path.isdir(path):
+        return f"--json must name a file, not a directory (got {path})"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"--json: the directory {parent} does not exist (got {path})"
+    if (os.path.exists(path) and not os.access(path, os.W_OK)) or not os.access(parent, os.W_OK):
+        return f"--json: {path} is not writable"
+    return None
+
+
 def _doctor(args: argparse.Namespace) -> int:
     import os
-    import runpy
-    import traceback
 
+    from gradwise._runner import run_script
     from gradwise.doctor import watch
     from gradwise.doctor._report import format_report, to_json
 
     script = args.script
     if not os.path.isfile(script):
-        print(f"gradwise doctor: no such script: {script}", file=sys.stderr)
-        return 2
+        return _usage(f"no such script: {script}")
     if args.steps < 1:
-        print(f"gradwise doctor: --steps must be >= 1 (got {args.steps})", file=sys.stderr)
-        return 2
-    script_args = args.script_args
-    saved_argv, saved_path = sys.argv[:], sys.path[:]
-    sys.argv = [script, *script_args]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    crashed = None
-    try:
-        with watch(steps=args.steps, stop=not args.run_to_end) as doctor:
-            try:
-                runpy.run_path(script, run_name="__main__")
-            except SystemExit as exc:
-                if exc.code not in (None, 0):
-                    crashed = f"the script exited with status {exc.code}"
-            except Exception as exc:
-                from gradwise.doctor import StopWatching
-
-                if isinstance(exc, StopWatching):
-                    raise
-                crashed = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    finally:
-        sys.argv, sys.path[:] = saved_argv, saved_path
+        return _usage(f"--steps must be >= 1 (got {args.steps})")
+    if args.json:
+        problem = _json_path_problem(args.json)
+        if problem:
+            return _usage(problem)
+    doctor, run = run_script(script, args.script_args, lambda: watch(steps=args.steps, stop=not args.run_to_end))
     findings = doctor.findings
-    print(format_report(findings, steps=doctor.steps), end="")
-    if crashed:
-        explained = any(f.kind in ("stale-graph", "inplace-modification") for f in findings)
-        print(f"\nThe script raised: {crashed}" + ("\n(explained above)" if explained else ""))
+    state = {
+        "steps": doctor.steps,
+        "stopped": doctor.stopped,
+        "crashed": run.failure,
+        "internal_errors": doctor.internal_errors,
+    }
+    print(format_report(findings, script=script, autograd_grad_calls=doctor.autograd_grad_calls, **state), end="")
     if args.json:
         with open(args.json, "w") as fh:
-            fh.write(to_json(findings))
-    return 1 if crashed or any(f.severity == "error" for f in findings) else 0
+            fh.write(to_json(findings, script=script, **state))
+    failed = run.failure is not None or doctor.steps == 0 or any(f.severity == "error" for f in findings)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Run SCRIPT unmodified as __main__ (with sys.argv set to SCRIPT and SCRIPT ARGS), watch its first "
             "--steps training steps (a step ends at each backward()), then stop it at the next backward() "
             "(default) or, with --run-to-end, let it finish unobserved; print the findings. Exit status: 0 "
-            "without error findings, 1 with error findings or when the script itself fails, 2 for usage errors."
+            "without error findings, 1 with error findings, when the script itself fails or when no training "
+            "step was watched, 2 for usage errors (checked before the script runs)."
         ),
     )
     p.add_argument("script", metavar="SCRIPT", help="the training script")

@@ -16,6 +16,7 @@ __all__ = [
     "ArgumentTypeError",
     "FunctionCheckError",
     "GradwiseError",
+    "GradwiseWarning",
     "MissingDependencyError",
     "UnsupportedError",
 ]
@@ -43,3 +44,8 @@ class MissingDependencyError(GradwiseError, ImportError):
 
 class FunctionCheckError(GradwiseError, AssertionError):
     """``gradwise.testing``: a custom autograd Function failed a check (the message is the report)."""
+
+
+class GradwiseWarning(UserWarning):
+    """A warning from gradwise: the code runs and computes what it says, but something is
+    probably not what was meant (a redundant ``log_softmax`` before ``cross_entropy``)."""

@@ -40,6 +40,7 @@ import torch
 
 from gradwise import _validate as v
 from gradwise._frames import is_library
+from gradwise._graph import custom_function_nodes
 from gradwise.errors import ArgumentError, FunctionCheckError
 
 __all__ = ["CHECKS", "CheckResult", "FunctionReport", "assert_function_ok", "check_function"]
@@ -507,20 +508,6 @@ def _check_surrogate(ctx: _Context):
     return PASS, f"backward equals the surrogate's autograd gradient in float64 (max |difference| {worst:.2g})"
 
 
-def _custom_nodes(outs: list[torch.Tensor]) -> list[Any]:
-    """The custom autograd.Function nodes reachable from outs, in discovery order."""
-    found, seen, stack = [], set(), [o.grad_fn for o in outs if o.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if hasattr(node, "_forward_cls"):
-            found.append(node)
-        stack.extend(n for n, _ in node.next_functions)
-    return found
-
-
 @contextlib.contextmanager
 def _capture_raw_backward(nodes: list[Any]):
     """Record what each custom node's backward returns, before autograd validates it."""
@@ -548,7 +535,7 @@ def _check_needs_input_grad(ctx: _Context):
     for only in variants:
         call_args = ctx.args.make(torch.float64, only=only)
         outs = ctx.outputs(ctx.call(ctx.fn, call_args))
-        nodes = _custom_nodes(outs)
+        nodes = custom_function_nodes(outs)
         if not nodes:
             return SKIPPED, "no custom autograd.Function in fn's graph"
         total = sum((o * c).sum() for o, c in zip(outs, ctx.cotangents(outs), strict=True) if o.requires_grad)
@@ -653,7 +640,7 @@ def _expandable(shape, to_shape) -> bool:
 
 def _check_save_for_backward(ctx: _Context):
     call_args = ctx.args.make(torch.float64)
-    nodes = _custom_nodes(ctx.outputs(ctx.call(ctx.fn, call_args)))
+    nodes = custom_function_nodes(ctx.outputs(ctx.call(ctx.fn, call_args)))
     if not nodes:
         return SKIPPED, "no custom autograd.Function in fn's graph"
     problems = []

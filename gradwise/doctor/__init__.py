@@ -4,8 +4,9 @@
 ``dr.report()``; or ``gradwise doctor train.py`` on a script, unmodified.
 """
 
-from gradwise.doctor._findings import KINDS, Finding
+from gradwise.doctor._checks import KINDS
+from gradwise.doctor._findings import SEVERITIES, Finding
 from gradwise.doctor._report import format_report
 from gradwise.doctor._watch import Doctor, StopWatching, diagnose, watch
 
-__all__ = ["KINDS", "Doctor", "Finding", "StopWatching", "diagnose", "format_report", "watch"]
+__all__ = ["KINDS", "SEVERITIES", "Doctor", "Finding", "StopWatching", "diagnose", "format_report", "watch"]

@@ -4,22 +4,66 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
 
+from gradwise._runner import Failure
 from gradwise.doctor._findings import Finding
+from gradwise.doctor._trace import source_line
+
+__all__ = ["format_report", "no_step_reason", "to_json"]
 
 _ORDER = {"error": 0, "warning": 1, "info": 2}
+_EXPLAINS_CRASH = ("stale-graph", "inplace-modification", "loss-input")
 
 
-def format_report(findings: Sequence[Finding], *, steps: int | None = None) -> str:
-    """Findings grouped by severity, each with where, what, which parameters and the fix."""
-    head = f"gradwise doctor: {len(findings)} finding(s)" + (
-        f" in {steps} training step(s)" if steps is not None else ""
-    )
-    if not findings:
-        return head + "\nNo problem found in the gradient flow of the watched steps."
-    lines = [head, ""]
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def no_step_reason(autograd_grad_calls: int, crashed: Failure | None) -> str:
+    """Why no training step was watched, as likely as it can be said."""
+    if autograd_grad_calls:
+        return (
+            f"the script computed gradients with torch.autograd.grad ({autograd_grad_calls} call(s)) and never "
+            "called backward(); the doctor watches steps that end in backward()"
+        )
+    if crashed is not None:
+        return f"the script raised {crashed.type} before its first backward()"
+    return "no backward() call was reached (the training loop did not run, or it trains by other means)"
+
+
+def format_report(
+    findings: Sequence[Finding],
+    *,
+    steps: int | None = None,
+    stopped: bool = False,
+    crashed: Failure | None = None,
+    internal_errors: Sequence[str] = (),
+    autograd_grad_calls: int = 0,
+    script: str | None = None,
+) -> str:
+    """Findings grouped by severity, each with where, the source line, what, which
+    parameters and the fix; then how the run ended and any fault of the doctor itself."""
+    counts = {s: sum(f.severity == s for f in findings) for s in _ORDER}
+    head = f"gradwise doctor: {len(findings)} finding(s)"
+    if steps is not None:
+        head += f" in {steps} watched training step(s)"
+    if findings:
+        head += " (" + ", ".join(f"{n} {s}(s)" for s, n in counts.items() if n) + ")"
+    lines = [head]
+    if script is not None:
+        lines.append(f"script: {script}")
+    if steps is not None and stopped:
+        lines.append(f"The script was stopped at its {_ordinal(steps + 1)} backward(), after the watched steps.")
+    lines.append("")
     for f in sorted(findings, key=lambda f: (_ORDER.get(f.severity, 3), f.file or "", f.line or 0)):
-        lines.append(f"{f.severity.upper()} {f.kind} at {f.where()}")
+        at = f.where() + (f" (step {f.step})" if f.step is not None else "")
+        lines.append(f"{f.severity.upper()} {f.kind} at {at}")
+        code = source_line(f.file, f.line)
+        if code:
+            lines.append(f"  {f.line:>5} | {code}")
         lines.append(f"  {f.message}")
         if f.parameters:
             shown = ", ".join(f.parameters[:8]) + (f" (+{len(f.parameters) - 8} more)" if len(f.parameters) > 8 else "")
@@ -27,8 +71,57 @@ def format_report(findings: Sequence[Finding], *, steps: int | None = None) -> s
         if f.fix:
             lines.append(f"  fix: {f.fix}")
         lines.append("")
+    if steps == 0:
+        lines.append(
+            "No training step was watched, so nothing can be said about the gradient flow: "
+            + no_step_reason(autograd_grad_calls, crashed)
+            + "."
+        )
+        lines.append("")
+    elif not findings and crashed is None:
+        lines.append(
+            f"No problem found in the gradient flow of the {steps if steps is not None else ''} watched step(s)."
+        )
+        lines.append("")
+    if crashed is not None:
+        explained = sorted({f.kind for f in findings if f.kind in _EXPLAINS_CRASH})
+        lines.append(
+            f"The script raised {crashed.type}: {crashed.message}"
+            + (f"\n(explained above: {', '.join(explained)})" if explained else "")
+        )
+        if crashed.traceback:
+            lines.append(crashed.traceback.rstrip())
+        lines.append("")
+    if internal_errors:
+        lines.append(
+            f"The doctor had {len(internal_errors)} internal error(s); some operations were not analysed "
+            "(please report this):"
+        )
+        lines.extend(f"  {e}" for e in internal_errors[:10])
+        lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
-def to_json(findings: Sequence[Finding]) -> str:
-    return json.dumps({"findings": [f.to_dict() for f in findings]}, indent=2)
+def to_json(
+    findings: Sequence[Finding],
+    *,
+    version: str | None = None,
+    script: str | None = None,
+    steps: int | None = None,
+    stopped: bool = False,
+    crashed: Failure | None = None,
+    internal_errors: Sequence[str] = (),
+) -> str:
+    """``{"version", "script", "steps", "stopped", "crashed", "internal_errors", "findings"}``."""
+    if version is None:
+        from gradwise import __version__ as version
+    out: dict[str, Any] = {
+        "version": version,
+        "script": script,
+        "steps": steps,
+        "stopped": stopped,
+        "crashed": None if crashed is None else asdict(crashed),
+        "internal_errors": list(internal_errors),
+        "findings": [f.to_dict() for f in findings],
+    }
+    return json.dumps(out, indent=2)

@@ -1,12 +1,25 @@
-"""Where in the user's code: the first frame outside torch, gradwise and the interpreter's
-import machinery."""
+"""Where in the user's code: source sites of operations, creation sites of parameters, and
+the names of the variables that hold models and tensors.
+
+A site is the innermost frame outside torch, gradwise and the interpreter's import
+machinery (``gradwise._frames``).
+"""
 
 from __future__ import annotations
 
+import ast
+import inspect
+import linecache
 import sys
+import textwrap
 from dataclasses import dataclass
+from typing import Any
 
-from gradwise._frames import is_library as _is_library
+from torch import nn
+
+from gradwise._frames import is_library, is_training_internal
+
+__all__ = ["Site", "creation_site", "locate", "source_line", "user_frame", "user_site", "user_stack", "variable_name"]
 
 
 @dataclass(frozen=True)
@@ -23,7 +36,7 @@ class Site:
 def user_frame():
     """The innermost frame of user code on the stack (gradwise's own frames are skipped), or None."""
     frame = sys._getframe(1)
-    while frame is not None and _is_library(frame.f_code.co_filename):
+    while frame is not None and is_library(frame.f_code.co_filename):
         frame = frame.f_back
     return frame
 
@@ -33,11 +46,135 @@ def user_site() -> Site | None:
     return None if frame is None else Site(frame.f_code.co_filename, frame.f_lineno)
 
 
+def locate() -> tuple[Site | None, bool]:
+    """The innermost user site, and whether torch's training internals (an optimizer, the
+    gradient scaler, gradient clipping) lie between it and the caller: their work on
+    parameters and gradients is not the user's computation."""
+    frame, internal = sys._getframe(1), False
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not is_library(filename):
+            return Site(filename, frame.f_lineno), internal
+        if not internal and is_training_internal(filename):
+            internal = True
+        frame = frame.f_back
+    return None, internal
+
+
 def user_stack() -> list[tuple[Site, str]]:
     """Every user frame on the stack, innermost first, with its function's name."""
     out, frame = [], sys._getframe(1)
     while frame is not None:
-        if not _is_library(frame.f_code.co_filename):
+        if not is_library(frame.f_code.co_filename):
             out.append((Site(frame.f_code.co_filename, frame.f_lineno), frame.f_code.co_name))
         frame = frame.f_back
     return out
+
+
+def source_line(file: str | None, line: int | None) -> str:
+    """The stripped text of a source line, or '' when it cannot be read."""
+    if not file or not line:
+        return ""
+    return linecache.getline(file, line).strip()
+
+
+def _attribute_holding(owner: Any, obj: Any) -> str | None:
+    if isinstance(owner, nn.Module):
+        for attr, value in (*owner._modules.items(), *owner._parameters.items()):
+            if value is obj:
+                return attr
+    try:
+        items = vars(owner).items()
+    except TypeError:
+        return None
+    for attr, value in items:
+        if value is obj and not attr.startswith("__"):
+            return attr
+    return None
+
+
+def variable_name(obj: Any, max_frames: int = 8) -> str | None:
+    """The name of a variable (or a ``self`` attribute) holding ``obj`` in the innermost user
+    frames, else in the innermost user frame's globals; None when nothing holds it by name."""
+    frame, seen, first = sys._getframe(1), 0, None
+    while frame is not None and seen < max_frames:
+        if not is_library(frame.f_code.co_filename):
+            first = first or frame
+            seen += 1
+            local = frame.f_locals
+            for key, value in local.items():
+                if value is obj and key != "self" and not key.startswith("_"):
+                    return key
+            owner = local.get("self")
+            if owner is not None and owner is not obj:
+                attr = _attribute_holding(owner, obj)
+                if attr:
+                    return attr
+        frame = frame.f_back
+    if first is not None:
+        for key, value in first.f_globals.items():
+            if value is obj and not key.startswith("_"):
+                return key
+    return None
+
+
+def creation_site(root: nn.Module, qualname: str) -> Site | None:
+    """The ``self.<name> = ...`` line in an ``__init__`` of user code that created a parameter
+    of ``root`` (or the submodule holding it), found by walking ``qualname`` from ``root``."""
+    parts = qualname.split(".")
+    owner = root
+    for i, part in enumerate(parts):
+        site = _assignment_in_init(type(owner), part)
+        if site is not None:
+            return site
+        child = getattr(owner, part, None)
+        if not isinstance(child, nn.Module) or i == len(parts) - 1:
+            break
+        owner = child
+    return None
+
+
+def _assignment_in_init(cls: type, attr: str) -> Site | None:
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            source_lines, start = inspect.getsourcelines(init)
+            filename = inspect.getsourcefile(init)
+        except (OSError, TypeError):
+            continue
+        if not filename or is_library(filename) or "site-packages" in filename:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent("".join(source_lines)))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AnnAssign):
+                targets = [node.target]
+            else:
+                continue
+            for target in targets:
+                for t in target.elts if isinstance(target, ast.Tuple) else [target]:
+                    if (
+                        isinstance(t, ast.Attribute)
+                        and t.attr == attr
+                        and isinstance(t.value, ast.Name)
+                        and t.value.id == "self"
+                    ):
+                        return Site(filename, start + node.lineno - 1)
+            # self.register_parameter("name", ...) / setattr(self, "name", ...)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("register_parameter", "register_module", "add_module")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value == attr
+            ):
+                return Site(filename, start + node.lineno - 1)
+    return None

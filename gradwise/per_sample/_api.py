@@ -12,7 +12,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from gradwise import _validate as v
-from gradwise._loss_input import loss_name
+from gradwise._losses import loss_name, track_forms
 from gradwise.errors import ArgumentError, ArgumentTypeError
 from gradwise.per_sample._capture import Capture
 from gradwise.per_sample._loss import check_arguments, checked_loss_input, per_sample_losses, trainable
@@ -149,14 +149,14 @@ def grads(
         chunk_size = v.integer(api, "chunk_size", chunk_size, low=1)
     # the loss input is checked, and a custom loss's shape probed, on a forward pass of a few samples
     # (2, or up to 32 where 2 give fewer than 64 values to judge by)
-    with torch.no_grad():
+    with torch.no_grad(), track_forms() as forms:
         size = 2
         probe = module(inputs[:size])
         if isinstance(probe, torch.Tensor) and probe.numel() < 64 and inputs.shape[0] > 2:
             size = 32
             probe = module(inputs[:size])
     if isinstance(probe, torch.Tensor):
-        checked_loss_input(api, loss_fn, probe, targets[:size], check_loss)
+        checked_loss_input(api, loss_fn, probe, targets[:size], check_loss, forms.of(probe))
     if loss_name(loss_fn) is None:
         per_sample_losses(api, loss_fn, probe, targets[:size])
     result = _vmap_grads(api, module, loss_fn, inputs, targets, names, chunk_size)
@@ -182,7 +182,7 @@ def _norms_and_losses(
         with capture:
             output = module(inputs)
         if isinstance(output, torch.Tensor):
-            checked_loss_input(api, loss_fn, output, targets, check_loss)
+            checked_loss_input(api, loss_fn, output, targets, check_loss, capture.mode.of(output))
         losses = per_sample_losses(api, loss_fn, output, targets)
         if not losses.requires_grad:
             raise ArgumentError(

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
+from gradwise._losses import FormTracker
 from gradwise.per_sample import _attention
 from gradwise.per_sample._attention import Projection
 from gradwise.per_sample._rules import RULES, Rule, rule_for
@@ -38,7 +38,10 @@ class Record:
     route: str
 
 
-class _UseTracker(TorchFunctionMode):
+class _UseTracker(FormTracker):
+    """Sees which module uses each parameter, and (as a FormTracker) the forms of the tensors
+    made, for the loss-input check."""
+
     def __init__(self, capture: Capture):
         super().__init__()
         self.capture = capture
@@ -53,7 +56,7 @@ class _UseTracker(TorchFunctionMode):
             if isinstance(value, nn.Parameter) and id(value) in cap.owners:
                 if inner is None or id(inner) not in cap.owners[id(value)]:
                     cap.foreign.add(id(value))
-        return func(*args, **kwargs)
+        return super().__torch_function__(func, types, args, kwargs)
 
 
 class Capture:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -11,8 +12,9 @@ import torch
 from torch import nn
 
 from gradwise import _validate as v
-from gradwise._loss_input import check_loss_input, loss_name, loss_option
-from gradwise.errors import ArgumentError, ArgumentTypeError, UnsupportedError
+from gradwise._frames import user_stacklevel
+from gradwise._losses import check_loss_input, loss_name, loss_option
+from gradwise.errors import ArgumentError, ArgumentTypeError, GradwiseWarning, UnsupportedError
 
 _CLASS_LOSSES = ("cross_entropy", "nll_loss")
 
@@ -147,13 +149,23 @@ def per_sample_losses(api: str, loss_fn: Callable[..., Any], output: Any, target
     return flat.mean(1)
 
 
-def checked_loss_input(api: str, loss_fn: Any, output: torch.Tensor, target: torch.Tensor, check_loss: bool) -> None:
-    """Raise when the loss receives the wrong kind of input (see ``gradwise._loss_input``)."""
+def checked_loss_input(
+    api: str, loss_fn: Any, output: torch.Tensor, target: torch.Tensor, check_loss: bool, form: str | None = None
+) -> None:
+    """Raise when the loss receives the wrong kind of input, warn when it receives a redundant
+    or suspicious one (see ``gradwise._losses``; ``form`` says where ``output`` came from)."""
     if not check_loss:
         return
-    problem = check_loss_input(loss_fn, output, target)
-    if problem is not None and problem.severity == "error":
+    problem = check_loss_input(loss_fn, output, target, form=form)
+    if problem is None:
+        return
+    if problem.severity == "error":
         raise ArgumentError(
             f"{api}: the loss receives the wrong kind of input [{problem.kind}]\n  {problem.message}\n"
             f"  Fix: {problem.fix}\nIf the input is right after all, pass check_loss=False."
         )
+    warnings.warn(
+        f"{api}: [{problem.kind}] {problem.message} Fix: {problem.fix} (check_loss=False silences this)",
+        GradwiseWarning,
+        stacklevel=user_stacklevel(),
+    )

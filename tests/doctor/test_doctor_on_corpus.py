@@ -25,7 +25,9 @@ def run_doctor(script, tmp_path, capsys) -> tuple[int, set, bool]:
         os.chdir(cwd)
     capsys.readouterr()
     found = set()
-    findings = json.loads(out.read_text())["findings"]
+    report = json.loads(out.read_text())
+    assert report["internal_errors"] == [], report["internal_errors"]
+    findings = report["findings"]
     for f in findings:
         if f["severity"] in ("error", "warning"):
             path = os.path.realpath(os.path.join(REPO_ROOT, f["file"]))

@@ -258,6 +258,6 @@ def test_report_and_diagnose():
 
     dr = gw.doctor.diagnose(step, torch.randn(4, 3), steps=2)
     text = dr.report()
-    assert text.startswith("gradwise doctor: 2 finding(s) in 2 training step(s)")
+    assert text.startswith("gradwise doctor: 2 finding(s) in 2 watched training step(s)")
     assert "ERROR graph-break at" in text and "fix:" in text
     assert gw.doctor.watch.__doc__ and set(gw.doctor.KINDS) >= {f.kind for f in dr.findings}

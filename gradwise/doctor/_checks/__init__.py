@@ -1,0 +1,169 @@
+"""The doctor's checks: one module per kind of finding, discovered from this package.
+
+A check is a small class with no-op defaults for the events of a watch. It asks for the
+operations it wants by their short names in ``ops`` (``INPLACE`` for every in-place
+operation), and the recorder dispatches only those to its ``on_op``. Each check reaches the
+watch's state and reports findings through ``self.doctor`` (a
+:class:`~gradwise.doctor.Doctor`). Adding a kind is adding one module here that defines one
+:class:`Check` subclass; :data:`KINDS` is derived from what is found.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from gradwise.doctor._provenance import OpEvent, Param, TensorInfo
+    from gradwise.doctor._trace import Site
+    from gradwise.doctor._watch import Doctor, OptimizerRecord
+
+__all__ = ["CHECKS", "INPLACE", "KINDS", "BackwardEvent", "Check", "StepEvent", "nonzero_counts"]
+
+INPLACE = "<inplace>"
+"""The name under which a check asks for every in-place operation."""
+
+
+@dataclass
+class BackwardEvent:
+    """One ``backward()`` call (a training step), before and after it runs.
+
+    Attributes:
+        step: its index among the watched steps (0-based).
+        site: the user line of the call.
+        roots: the tensors backward starts from.
+        infos: the provenance of each root (None where unknown).
+        reached: the parameters its graph reaches (which receive gradient); after the
+            backward, also those in ``late``.
+        closure: the optimizer whose ``step(closure)`` called it, if any.
+        unseen: parameters in the roots' values that the graph walk does not reach.
+        late: those of ``unseen`` whose gradient the backward changed all the same (a
+            reentrant checkpoint recomputes its block during backward); set after it ran.
+    """
+
+    step: int
+    site: Site | None
+    roots: list[torch.Tensor]
+    infos: list[TensorInfo | None]
+    reached: set[Param]
+    closure: OptimizerRecord | None = None
+    unseen: set[Param] = field(default_factory=set)
+    late: set[Param] = field(default_factory=set)
+    _fresh: set[Param] | None = field(default=None, repr=False)
+
+    @property
+    def fresh(self) -> set[Param]:
+        """The parameters (reached or unseen) whose gradient was None or all zeros before this
+        backward; computed on first use, which must come before the backward runs."""
+        if self._fresh is None:
+            self._fresh = _fresh(self.reached | self.unseen)
+        return self._fresh
+
+
+@dataclass
+class StepEvent:
+    """One ``optimizer.step()`` call.
+
+    Attributes:
+        optimizer: the optimizer's record.
+        site: the user line of the call.
+        step: the number of watched backward() calls so far.
+        params: the parameters in the optimizer's groups now.
+        closure: whether a closure was passed (its backward calls run inside the step).
+    """
+
+    optimizer: OptimizerRecord
+    site: Site | None
+    step: int
+    params: list[Param]
+    closure: bool
+
+
+class Check:
+    """The protocol of a check: every method is a no-op unless overridden."""
+
+    kind: ClassVar[str] = ""
+    order: ClassVar[int] = 100  # position in KINDS and in the order checks see events
+    ops: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, doctor: Doctor) -> None:
+        self.doctor = doctor
+
+    def on_op(self, event: OpEvent) -> None:
+        """An operation named in ``ops`` ran (its provenance is already recorded)."""
+
+    def before_backward(self, event: BackwardEvent) -> None:
+        """A watched backward() is about to run."""
+
+    def after_backward(self, event: BackwardEvent) -> None:
+        """A watched backward() returned."""
+
+    def on_backward_error(self, event: BackwardEvent, error: BaseException) -> None:
+        """A watched backward() raised ``error`` (re-raised unchanged afterwards)."""
+
+    def before_step(self, event: StepEvent) -> None:
+        """An optimizer step is about to run."""
+
+    def after_step(self, event: StepEvent) -> None:
+        """An optimizer step returned."""
+
+    def finish(self) -> None:
+        """The watch ended: emit what could only be decided with every step seen."""
+
+
+def nonzero_counts(tensors: list[torch.Tensor]) -> list[int]:
+    """How many non-zero elements each tensor holds (sparse gradients included), with one
+    host sync per device."""
+    counts = [0] * len(tensors)
+    by_device: dict = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    for indices in by_device.values():
+        values = [tensors[i]._values() if tensors[i].is_sparse else tensors[i] for i in indices]
+        for i, n in zip(indices, torch.stack([torch.count_nonzero(v) for v in values]).tolist(), strict=True):
+            counts[i] = n
+    return counts
+
+
+def _fresh(params: set[Param]) -> set[Param]:
+    """The parameters whose .grad is None or all zeros."""
+    fresh, holding = set(), []
+    for p in params:
+        t = p.tensor()
+        grad = None if t is None else t.grad
+        if grad is None:
+            fresh.add(p)
+        else:
+            holding.append((p, grad))
+    counts = nonzero_counts([g for _, g in holding])
+    fresh.update(p for (p, _), n in zip(holding, counts, strict=True) if n == 0)
+    return fresh
+
+
+def _discover() -> tuple[type[Check], ...]:
+    found: list[type[Check]] = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        classes: list[Any] = [
+            obj
+            for obj in vars(module).values()
+            if isinstance(obj, type)
+            and issubclass(obj, Check)
+            and obj is not Check
+            and obj.__module__ == module.__name__
+        ]
+        if len(classes) != 1 or not classes[0].kind:
+            raise RuntimeError(f"{module.__name__} must define exactly one Check subclass with a kind")
+        found.append(classes[0])
+    return tuple(sorted(found, key=lambda c: (c.order, c.kind)))
+
+
+CHECKS: tuple[type[Check], ...] = _discover()
+"""Every check, in order."""
+
+KINDS: tuple[str, ...] = tuple(c.kind for c in CHECKS)
+"""Every kind of finding the doctor reports."""

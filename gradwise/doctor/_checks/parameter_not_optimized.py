@@ -1,0 +1,98 @@
+"""parameter-not-optimized: parameters that receive gradients but are in no optimizer, so
+they never change.
+
+Judged per model and per optimizer: a module's parameter is reported when other parameters
+of the same model are in an optimizer (``Adam(model.encoder.parameters())`` leaving the
+head out); a plain leaf tensor (a learned temperature) when it is used in two or more steps
+together with optimized parameters, and its ``.grad`` is not read by the user's code (an
+adversarial input or an interpolate for a gradient penalty are consumed, not optimized);
+and the parameters of a model re-created after the optimizer was built (a k-fold loop that
+builds the optimizer once), when an optimizer steps with no gradient on any of its own
+parameters. A model none of whose parameters is in any optimizer (a frozen teacher) is not
+reported. Points at the construction of the optimizer they belong in.
+"""
+
+from __future__ import annotations
+
+from gradwise.doctor._checks import BackwardEvent, Check, StepEvent, nonzero_counts
+
+_FIX = (
+    "Build the optimizer from model.parameters() (or add the missing ones with optimizer.add_param_group); if they "
+    "are meant to stay fixed, set requires_grad=False."
+)
+
+
+class ParameterNotOptimized(Check):
+    kind = "parameter-not-optimized"
+    order = 90
+
+    def __init__(self, doctor):
+        super().__init__(doctor)
+        self.unoptimized: dict = {}  # param -> the optimizers of the parameters reached with it
+        self.orphans: dict = {}  # param -> an optimizer that stepped without gradients while it had one
+        self.steps_reached: dict = {}  # param -> number of watched backwards that reached it
+        self._since_step: set = set()  # unoptimized params reached since the last optimizer step
+
+    def after_backward(self, event: BackwardEvent) -> None:
+        doctor = self.doctor
+        optimized = doctor.optimized_now()
+        outside = [p for p in event.reached - optimized if p not in doctor.grad_inputs]
+        # a leaf made from tracked values (a requires_grad_() band-aid) is a result, not a parameter
+        outside = [p for p in outside if p.model is not None or doctor.provenance.info(p.tensor()) is None]
+        outside = [p for p in outside if _has_gradient(p)]
+        if not outside:
+            return
+        partners = self.doctor.optimizers_holding(event.reached & optimized)
+        for p in outside:
+            self.unoptimized.setdefault(p, [])
+            for rec in partners:
+                if rec not in self.unoptimized[p]:
+                    self.unoptimized[p].append(rec)
+            self.steps_reached[p] = self.steps_reached.get(p, 0) + 1
+            self._since_step.add(p)
+
+    def before_step(self, event: StepEvent) -> None:
+        tensors = [p.tensor() for p in event.params]
+        if self._since_step and all(t is None or t.grad is None for t in tensors):
+            for p in self._since_step:
+                self.orphans.setdefault(p, event.optimizer)
+
+    def after_step(self, event: StepEvent) -> None:
+        self._since_step = set()
+
+    def finish(self) -> None:
+        doctor = self.doctor
+        optimized = doctor.optimized_now() | doctor.ever_optimized
+        by_optimizer: dict = {}
+        for p, partners in self.unoptimized.items():
+            if p in optimized or doctor.is_buffer(p):
+                continue
+            target = None
+            model = doctor.model_of(p)
+            if model is not None:
+                siblings = [q for q in model.params if q in optimized]
+                holders = doctor.optimizers_holding(siblings)
+                target = holders[0] if holders else self.orphans.get(p)
+            elif self.steps_reached.get(p, 0) < 2 or p in doctor.grad_read:
+                continue  # a leaf made anew each step (an input), or one whose gradient the user consumes
+            elif self.orphans.get(p) is not None:
+                target = self.orphans[p]
+            elif partners:
+                target = partners[0]
+            if target is not None:
+                by_optimizer.setdefault(target, []).append(p)
+        for rec, params in by_optimizer.items():
+            self.doctor.add(
+                self.kind,
+                "error",
+                "parameters receive gradients but belong to no optimizer's parameter groups, so they never change.",
+                rec.where,
+                params,
+                _FIX,
+            )
+
+
+def _has_gradient(p) -> bool:
+    t = p.tensor()
+    grad = None if t is None else t.grad
+    return grad is not None and nonzero_counts([grad])[0] > 0

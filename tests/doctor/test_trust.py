@@ -1,0 +1,250 @@
+"""The doctor on code shaped like real training code: several models and optimizers,
+models made anew in a loop (identity survives garbage collection), names after the
+variables that hold the models, its own faults counted, and nothing left behind."""
+
+import gc
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradwise as gw
+from gradwise.doctor import StopWatching
+
+
+def problems(dr):
+    return [f for f in dr.findings if f.severity in ("error", "warning")]
+
+
+def test_gan_with_two_optimizers_and_a_detached_fake_is_clean():
+    torch.manual_seed(0)
+    generator = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    discriminator = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+    criterion = nn.BCEWithLogitsLoss()
+    with gw.doctor.watch() as dr:
+        for _ in range(4):
+            real, fake = torch.randn(32, 2), generator(torch.randn(32, 4))
+            opt_d.zero_grad()
+            loss_d = criterion(discriminator(real), torch.ones(32, 1))
+            loss_d = loss_d + criterion(discriminator(fake.detach()), torch.zeros(32, 1))
+            loss_d.backward()
+            opt_d.step()
+            opt_g.zero_grad()
+            criterion(discriminator(fake), torch.ones(32, 1)).backward()  # also fills the discriminator's grads
+            opt_g.step()
+    assert problems(dr) == [], dr.report()
+    assert dr.steps == 8 and dr.internal_errors == []
+
+
+def test_models_and_optimizers_made_anew_in_a_loop_are_clean_and_ids_may_be_reused():
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 5), torch.randint(0, 2, (30,))
+    ids = set()
+    with gw.doctor.watch() as dr:
+        for _fold in range(6):
+            model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            ids.add(id(model))
+            for _ in range(2):
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                optimizer.step()
+            del model, optimizer
+            gc.collect()
+    assert problems(dr) == [], dr.report()
+    assert dr.steps == 12
+
+
+def test_the_real_bug_is_still_found_among_several_models():
+    torch.manual_seed(0)
+    generator = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    critic = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt_g = torch.optim.RMSprop(generator.parameters(), lr=1e-3)
+    opt_c = torch.optim.RMSprop(critic.parameters(), lr=1e-3)
+    with gw.doctor.watch() as dr:
+        for _ in range(3):
+            fake = generator(torch.randn(16, 4))
+            loss_c = critic(fake.detach()).mean() - critic(torch.randn(16, 2)).mean()
+            opt_c.zero_grad()
+            loss_c.backward()
+            opt_c.step()
+            opt_g.zero_grad()
+            loss_g = -critic(fake.detach()).mean()  # generator-cut
+            loss_g.backward()
+            opt_g.step()
+    cut = [f for f in dr.findings if f.kind == "graph-break"]
+    assert len(cut) == 1 and cut[0].line == _line("generator-cut")
+    assert set(cut[0].parameters) == {
+        "generator.0.weight",
+        "generator.0.bias",
+        "generator.2.weight",
+        "generator.2.bias",
+    }
+
+
+def test_missing_zero_grad_is_judged_per_optimizer():
+    torch.manual_seed(0)
+    generator, discriminator = nn.Linear(4, 2), nn.Linear(2, 1)
+    opt_g = torch.optim.SGD(generator.parameters(), lr=0.01)
+    opt_d = torch.optim.SGD(discriminator.parameters(), lr=0.01)
+    with gw.doctor.watch() as dr:
+        for _ in range(3):
+            fake = generator(torch.randn(8, 4))
+            real_term = F.softplus(-discriminator(torch.randn(8, 2))).mean()
+            (real_term + F.softplus(discriminator(fake.detach())).mean()).backward()
+            opt_d.step()  # never zeroed
+            opt_g.zero_grad()
+            F.softplus(-discriminator(fake)).mean().backward()
+            opt_g.step()
+    found = [f for f in dr.findings if f.kind == "missing-zero-grad"]
+    assert len(found) == 1 and found[0].line == _line("never zeroed")
+    assert set(found[0].parameters) == {"discriminator.weight", "discriminator.bias"}
+
+
+def test_closure_without_zero_grad_is_found_and_with_it_is_clean():
+    def run(zero):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        optimizer = torch.optim.LBFGS(model.parameters(), max_iter=4)
+        x, y = torch.randn(16, 3), torch.randn(16, 1)
+
+        def closure():
+            if zero:
+                optimizer.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        with gw.doctor.watch(steps=6) as dr:
+            for _ in range(3):
+                optimizer.step(closure)  # lbfgs-step
+        return dr
+
+    assert problems(run(zero=True)) == []
+    found = problems(run(zero=False))
+    assert [(f.kind, f.line) for f in found] == [("missing-zero-grad", _line("lbfgs-step"))]
+
+
+def test_parameters_are_named_after_the_variables_holding_the_models():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    teacher = nn.Sequential(nn.Linear(4, 2)).requires_grad_(False)
+    with gw.doctor.watch() as dr:
+        optimizer = torch.optim.Adam(student[0].parameters(), lr=1e-3)  # student-optimizer
+        for _ in range(2):
+            x = torch.randn(8, 4)
+            loss = F.mse_loss(student(x), teacher(x))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    (found,) = problems(dr)
+    assert found.kind == "parameter-not-optimized" and found.line == _line("student-optimizer")
+    assert found.parameters == ("student.1.bias", "student.1.weight")
+
+
+def test_stop_watching_is_not_swallowed_by_except_exception():
+    assert issubclass(StopWatching, BaseException) and not issubclass(StopWatching, Exception)
+    model = nn.Linear(2, 1)
+    after = []
+    with gw.doctor.watch(steps=1) as dr:
+        for _ in range(3):
+            try:
+                model(torch.randn(3, 2)).sum().backward()
+            except Exception:  # a user's broad handler
+                pass
+            after.append(True)
+    assert dr.stopped and dr.steps == 1 and len(after) == 1
+
+
+def test_an_internal_fault_is_counted_and_said_and_never_breaks_the_program(monkeypatch):
+    from gradwise.doctor._checks.loss_input import LossInput
+
+    def broken(self, event):
+        raise ValueError("synthetic fault")
+
+    monkeypatch.setattr(LossInput, "on_op", broken)
+    model = nn.Linear(3, 2)
+    with gw.doctor.watch() as dr:
+        loss = F.cross_entropy(model(torch.randn(4, 3)), torch.tensor([0, 1, 0, 1]))
+        loss.backward()
+    assert model.weight.grad is not None
+    assert dr.internal_errors == ["loss-input check (on_op): ValueError: synthetic fault"]
+    assert "1 internal error(s)" in dr.report() and "synthetic fault" in dr.report()
+
+
+def _global_state():
+    from torch.nn.modules import module as m
+    from torch.optim import optimizer as o
+
+    return (
+        len(m._global_forward_pre_hooks),
+        len(m._global_forward_hooks),
+        len(o._global_optimizer_pre_hooks),
+        len(o._global_optimizer_post_hooks),
+        torch.optim.Optimizer.__init__,
+        torch.from_numpy,
+        torch._C._len_torch_function_stack(),
+        list(warnings.filters),
+    )
+
+
+def test_nothing_is_left_behind_also_when_the_code_raises():
+    before = _global_state()
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(KeyError, match="user error"):
+        with gw.doctor.watch():
+            model(torch.randn(1, 2)).sum().backward()
+            opt.step()
+            raise KeyError("user error")
+    assert _global_state() == before
+    with gw.doctor.watch(steps=1):
+        for _ in range(3):
+            model(torch.randn(1, 2)).sum().backward()
+    assert _global_state() == before
+    assert not model._forward_hooks and not model._forward_pre_hooks and not opt._optimizer_step_pre_hooks
+
+
+def test_bad_arguments_are_refused_with_clear_errors():
+    with pytest.raises(TypeError, match=r"watch: model must be a torch.nn.Module or None \(got str\)"):
+        with gw.doctor.watch("model"):
+            pass
+    with pytest.raises(ValueError, match=r"watch: steps must be a positive integer or None \(got 0\)"):
+        with gw.doctor.watch(steps=0):
+            pass
+    with pytest.raises(TypeError, match=r"watch: optimizer must be a torch.optim.Optimizer"):
+        with gw.doctor.watch(optimizer=[1]):
+            pass
+
+
+def test_every_function_named_in_a_fix_exists():
+    source = "\n".join(p.read_text() for p in Path(gw.doctor.__file__).parent.rglob("*.py"))
+    names = set(re.findall(r"gw\.((?:ops|constrain|cluster|per_sample|testing)(?:\.\w+)?)", source))
+    assert names, "no feature function is named in the doctor's fix texts"
+    for name in sorted(names):
+        obj = gw
+        for part in name.split("."):
+            assert hasattr(obj, part), f"the doctor names gw.{name}, which does not exist"
+            obj = getattr(obj, part)
+
+
+def test_per_sample_warns_where_the_doctor_warns():
+    from gradwise.errors import GradwiseWarning
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.LogSoftmax(dim=-1))
+    x, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
+    with pytest.warns(GradwiseWarning, match=r"\[log-probabilities-into-cross-entropy\].*redundant, harmless"):
+        gw.per_sample.norms(model, F.cross_entropy, x, y)
+
+
+def _line(marker: str) -> int:
+    for number, text in enumerate(Path(__file__).read_text().splitlines(), 1):
+        if text.rstrip().endswith(f"# {marker}"):
+            return number
+    raise AssertionError(marker)
