@@ -3,6 +3,7 @@ and the corpus itself is consistent (markers, kinds, coverage of the must-not-fl
 """
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -26,6 +27,20 @@ MUST_NOT_FLAG = {
     "straight_through_estimator": "y_hard - y_soft.detach() + y_soft",
     "log_softmax_nll": "log_softmax + nll_loss",
     "truncated_bptt": "truncated BPTT with detach() between chunks",
+    "gan_bce_with_logits": "GAN: raw logits into BCEWithLogitsLoss, D(fake.detach()), generator backward through D",
+    "dcgan_sigmoid_bce": "DCGAN loop: Sigmoid + BCELoss, LeakyReLU(inplace=True), label.fill_, netD.zero_grad()",
+    "wgan_weight_clipping": "WGAN critic weights clipped with p.data.clamp_ after each of n_critic steps",
+    "wgan_gp": "WGAN-GP interpolates .requires_grad_(True) + autograd.grad(create_graph=True)",
+    "actor_critic_two_optimizers": "actor and critic with their own optimizers, advantage.detach() in the actor loss",
+    "kfold_cross_validation": "a new model and optimizer built inside every fold",
+    "lr_sweep": "learning-rate sweep, a new model and optimizer per trial",
+    "teacher_student_distillation": "frozen eval() teacher + kl_div(log_softmax, softmax) distillation",
+    "mean_teacher_requires_grad": "EMA teacher with requires_grad=True, run under no_grad, in no optimizer",
+    "lbfgs_closure": "LBFGS closure that zeroes, computes the loss and calls backward()",
+    "vq_straight_through": "VQ argmin lookup with z + (q - z).detach() and codebook / commitment losses",
+    "fgsm_adversarial_training": "x.clone().requires_grad_(True), backward, x_adv.grad.sign(), then zero_grad",
+    "numpy_metrics": "NumPy data via torch.from_numpy, metrics from logits.detach().cpu().numpy()",
+    "two_optimizers_one_model": "two optimizers partitioning one model's parameters",
 }
 PLAIN_CLEAN = ["mlp_cross_entropy", "small_cnn", "mse_regression", "embedding", "lr_scheduler"]
 MIN_SCRIPTS_PER_KIND = {kind: 2 for kind in KINDS} | {"graph-break": 3, "loss-input": 3}
@@ -43,19 +58,32 @@ def _broken_kind_prefix(name):
     return max(matches, key=len) if matches else None
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=_ids(SCRIPTS))
-def test_script_runs_as_declared(script):
+@pytest.fixture(scope="module")
+def plain_runs():
+    """Every script run plainly, in one subprocess (``tests/doctor/run_plainly.py``)."""
     result = subprocess.run(
-        [sys.executable, str(script.path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "tests.doctor.run_plainly", *(str(s.path) for s in SCRIPTS)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
+    assert result.returncode == 0, result.stderr
+    runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return {run["path"]: run for run in runs}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=_ids(SCRIPTS))
+def test_script_runs_as_declared(script, plain_runs):
+    run = plain_runs[str(script.path)]
     if script.expect_exit is None:
-        assert result.returncode == 0, f"{script.path.name} exited {result.returncode}:\n{result.stderr}"
+        assert run["exit"] == 0, f"{script.path.name} failed: {run['exception']}"
     else:
-        assert result.returncode != 0, f"{script.path.name} was expected to raise {script.expect_exit!r}"
-        assert script.expect_exit in result.stderr, (
-            f"{script.path.name}: expected {script.expect_exit!r} in stderr, got:\n{result.stderr}"
+        assert run["exit"] != 0, f"{script.path.name} was expected to raise {script.expect_exit!r}"
+        assert script.expect_exit in (run["exception"] or ""), (
+            f"{script.path.name}: expected {script.expect_exit!r}, got: {run['exception']}"
         )
-    assert len(result.stdout.splitlines()) <= 3, f"{script.path.name} prints too much:\n{result.stdout}"
+    assert len(run["stdout"].splitlines()) <= 3, f"{script.path.name} prints too much:\n{run['stdout']}"
 
 
 def test_corpus_is_consistent():
@@ -128,7 +156,7 @@ def test_script_header_and_imports(script):
     assert ast.get_docstring(tree), f"{script.path.name}: first lines must be a docstring"
     assert "torch.manual_seed(0)" in text, f"{script.path.name}: call torch.manual_seed(0)"
     assert "cuda" not in text, f"{script.path.name}: the corpus is CPU only"
-    allowed = set(sys.stdlib_module_names) | {"torch", "helpers", "__future__"}
+    allowed = set(sys.stdlib_module_names) | {"torch", "numpy", "helpers", "__future__"}  # numpy: a dev dependency
     for source in [script.path, *script.helpers]:
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Import):
@@ -137,7 +165,7 @@ def test_script_header_and_imports(script):
                 roots = [node.module.split(".")[0]]
             else:
                 continue
-            assert set(roots) <= allowed, f"{source.name}: imports {roots}; only torch, stdlib and helpers"
+            assert set(roots) <= allowed, f"{source.name}: imports {roots}; only torch, numpy, stdlib and helpers"
 
 
 def test_readme_table_lists_exactly_the_scripts():
