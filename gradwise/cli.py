@@ -61,7 +61,16 @@ def _doctor(args: argparse.Namespace) -> int:
         "crashed": run.failure,
         "internal_errors": doctor.internal_errors,
     }
-    print(format_report(findings, script=script, autograd_grad_calls=doctor.autograd_grad_calls, **state), end="")
+    print(
+        format_report(
+            findings,
+            script=script,
+            autograd_grad_calls=doctor.autograd_grad_calls,
+            child_processes=doctor.child_processes,
+            **state,
+        ),
+        end="",
+    )
     if args.json:
         with open(args.json, "w") as fh:
             fh.write(to_json(findings, script=script, **state))

@@ -22,8 +22,14 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def no_step_reason(autograd_grad_calls: int, crashed: Failure | None) -> str:
+def no_step_reason(autograd_grad_calls: int, crashed: Failure | None, child_processes: int = 0) -> str:
     """Why no training step was watched, as likely as it can be said."""
+    if child_processes:
+        return (
+            f"the script started {child_processes} child process(es) (torch.multiprocessing.spawn, a DDP "
+            "launcher?) and no backward() ran in this one; the doctor watches only the process it runs in: run "
+            "the training in one process under it (e.g. world size 1), or call gw.doctor.watch() in the worker"
+        )
     if autograd_grad_calls:
         return (
             f"the script computed gradients with torch.autograd.grad ({autograd_grad_calls} call(s)) and never "
@@ -42,6 +48,7 @@ def format_report(
     crashed: Failure | None = None,
     internal_errors: Sequence[str] = (),
     autograd_grad_calls: int = 0,
+    child_processes: int = 0,
     script: str | None = None,
 ) -> str:
     """Findings grouped by severity, each with where, the source line, what, which
@@ -74,7 +81,7 @@ def format_report(
     if steps == 0:
         lines.append(
             "No training step was watched, so nothing can be said about the gradient flow: "
-            + no_step_reason(autograd_grad_calls, crashed)
+            + no_step_reason(autograd_grad_calls, crashed, child_processes)
             + "."
         )
         lines.append("")

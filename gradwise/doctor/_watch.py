@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import multiprocessing.process
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -116,6 +117,8 @@ class Doctor:
         internal_errors: the doctor's own faults, one line each (a fault never breaks the
             user's program; it is counted here and said in the report).
         autograd_grad_calls: how many times ``torch.autograd.grad`` was called.
+        child_processes: how many processes the watched code started (their training is
+            not watched).
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class Doctor:
         self.stopped = False
         self.done = False  # watched enough: the rest runs unobserved
         self.autograd_grad_calls = 0
+        self.child_processes = 0
         self._faults: Counter[str] = Counter()
         self._raw: dict[tuple, _Raw] = {}
         self._findings: list[Finding] | None = None
@@ -286,7 +290,14 @@ class Doctor:
             stopped=self.stopped,
             internal_errors=self.internal_errors,
             autograd_grad_calls=self.autograd_grad_calls,
+            child_processes=self.child_processes,
         )
+
+    def to_json(self) -> str:
+        """The findings as JSON, the schema of ``gradwise doctor --json`` (``script`` and ``crashed`` null)."""
+        from gradwise.doctor._report import to_json
+
+        return to_json(self.findings, steps=self.steps, stopped=self.stopped, internal_errors=self.internal_errors)
 
     # --- models and optimizers ----------------------------------------------------------------
 
@@ -461,6 +472,9 @@ class Doctor:
             )
             self.provenance.observe(event, rewrapped)
 
+    def _process_started(self, result: Any, *args: Any, **kwargs: Any) -> None:
+        self.child_processes += 1
+
     def grad_was_read(self, t: torch.Tensor) -> None:
         p = self.provenance.known(t)
         if p is not None:
@@ -478,6 +492,7 @@ class Doctor:
             inst.optimizer_step_post(self._step_post)
             inst.optimizer_created(self._optimizer_created)
             inst.wrap(torch, "from_numpy", self._from_numpy)
+            inst.wrap(multiprocessing.process.BaseProcess, "start", self._process_started)
             inst.enter(Recorder(self))
         except BaseException:
             inst.close()

@@ -3,6 +3,7 @@ models made anew in a loop (identity survives garbage collection), names after t
 variables that hold the models, its own faults counted, and nothing left behind."""
 
 import gc
+import json
 import re
 import warnings
 from pathlib import Path
@@ -176,6 +177,8 @@ def test_an_internal_fault_is_counted_and_said_and_never_breaks_the_program(monk
     assert model.weight.grad is not None
     assert dr.internal_errors == ["loss-input check (on_op): ValueError: synthetic fault"]
     assert "1 internal error(s)" in dr.report() and "synthetic fault" in dr.report()
+    data = json.loads(dr.to_json())
+    assert data["internal_errors"] == dr.internal_errors and data["steps"] == 1 and data["crashed"] is None
 
 
 def _global_state():
@@ -248,3 +251,16 @@ def _line(marker: str) -> int:
         if text.rstrip().endswith(f"# {marker}"):
             return number
     raise AssertionError(marker)
+
+
+def test_a_run_whose_training_is_in_child_processes_says_so():
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    with gw.doctor.watch() as dr:
+        worker = ctx.Process(target=int)
+        worker.start()
+        worker.join()
+    assert dr.steps == 0 and dr.child_processes == 1
+    assert "started 1 child process(es)" in dr.report()
+    assert multiprocessing.process.BaseProcess.start.__module__ == "multiprocessing.process"
