@@ -264,3 +264,32 @@ def test_a_run_whose_training_is_in_child_processes_says_so():
     assert dr.steps == 0 and dr.child_processes == 1
     assert "started 1 child process(es)" in dr.report()
     assert multiprocessing.process.BaseProcess.start.__module__ == "multiprocessing.process"
+
+
+def test_a_library_buffer_switched_to_requires_grad_is_state_even_after_the_model_is_gone():
+    # vector_quantize_pytorch's VectorQuantize: `loss = self.zero; loss.requires_grad_()`
+    class Quantizer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+            self.register_buffer("zero", torch.tensor(0.0), persistent=False)
+
+        def forward(self, x):
+            loss = self.zero
+            loss.requires_grad_()
+            z = self.proj(x)
+            return z, loss + 0.25 * (z - z.round().detach()).pow(2).mean()
+
+    def train():
+        model = Quantizer()
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        for _ in range(3):
+            z, aux = model(torch.randn(8, 4))
+            opt.zero_grad()
+            (z.pow(2).mean() + aux).backward()
+            opt.step()
+
+    with gw.doctor.watch() as dr:
+        train()
+        gc.collect()  # the model is gone before the doctor's final judgement
+    assert problems(dr) == [], dr.report()

@@ -39,7 +39,8 @@ class ParameterNotOptimized(Check):
         outside = [p for p in event.reached - optimized if p not in doctor.grad_inputs]
         # a leaf made from tracked values (a requires_grad_() band-aid) is a result, not a parameter
         outside = [p for p in outside if p.model is not None or doctor.provenance.info(p.tensor()) is None]
-        outside = [p for p in outside if _has_gradient(p)]
+        # judged now, while the models are alive (at the script's end they may be gone)
+        outside = [p for p in outside if _has_gradient(p) and not doctor.is_buffer(p)]
         if not outside:
             return
         partners = self.doctor.optimizers_holding(event.reached & optimized)
