@@ -24,9 +24,9 @@ import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from gradwise._losses import form_after
-from gradwise.doctor._trace import Site
+from gradwise.doctor._trace import Site, no_grad_site
 
-__all__ = ["Cut", "Extraction", "OpEvent", "Param", "Provenance", "StaleUse", "TensorInfo", "ZeroOp"]
+__all__ = ["Cut", "Extraction", "OpEvent", "Param", "Provenance", "StaleUse", "TensorInfo", "ZeroOp", "decisive_cuts"]
 
 EXTRACT = frozenset({"item", "tolist", "numpy"})
 REWRAP = frozenset({"tensor", "as_tensor", "from_numpy", "new_tensor", "asarray"})
@@ -39,6 +39,7 @@ _DUNDER_INPLACE = frozenset(
 )
 PROPERTIES = frozenset({"data", "T", "mT", "H", "mH", "real", "imag"})  # getters that compute a tensor
 _EMPTY: frozenset = frozenset()
+_PAIRWISE = frozenset({"broadcast_tensors", "atleast_1d", "atleast_2d", "atleast_3d"})
 
 
 @dataclass(eq=False)
@@ -201,7 +202,7 @@ class Provenance:
                 same = source is not None and (
                     source is array or getattr(array, "base", None) is source or _shares_memory(source, array)
                 )
-                if not (same or (e.step == step and e.shape == tuple(array.shape))):
+                if not (same or e.step == step):  # same step: NumPy arithmetic or a reduction of it
                     continue
                 prov |= e.prov
                 cuts |= {replace(c, reason="numpy") if c.reason in ("detach", "data", "no_grad") else c for c in e.cuts}
@@ -212,6 +213,10 @@ class Provenance:
 
     def observe(self, ev: OpEvent, rewrapped: tuple[frozenset, frozenset] | None) -> None:
         """Update the records for one operation."""
+        if ev.op in _PAIRWISE and len(ev.inputs) == len(ev.outputs) > 1:
+            for t, o in zip(ev.inputs, ev.outputs, strict=True):  # output i depends on input i only
+                self.observe(replace(ev, args=(t,), kwargs={}, inputs=[t], out=o, outputs=[o]), None)
+            return
         step, mutated = ev.step, ev.mutated
         prov, cuts, zeros, grad_prov = set(), set(), set(), set()
         forms = []
@@ -283,11 +288,14 @@ class Provenance:
         zeros_f = frozenset(zeros) if zeros else _EMPTY
         grad_f = frozenset(grad_prov)
         for o in outputs:
-            if o.requires_grad and grad_fn(o) is None and o is not mutated:
+            if o.requires_grad and grad_fn(o) is None and o is not mutated and rewrapped is None:
                 continue  # a new leaf (a parameter made from data): a source, not a result
+            # (torch.tensor(values_from_item, requires_grad=True) is a result: a band-aid)
             o_cuts, o_zeros = cuts_f, zeros_f
             if grad_prov and not o.requires_grad:
-                o_cuts = cuts_f | {Cut(ev.site, op, _cut_reason(op, o, ev.grad_enabled), grad_f)}
+                reason = _cut_reason(op, o, ev.grad_enabled)
+                site = ev.site if reason != "no_grad" else (no_grad_site() or ev.site)
+                o_cuts = cuts_f | {Cut(site, op, reason, grad_f)}
             elif grad_prov and (op in ZERO_DERIVATIVE or (op in CLAMPS and _saturated(op, ev.args, ev.kwargs))):
                 o_zeros = zeros_f | {ZeroOp(ev.site, op, grad_f)}
             existing = self.infos.get(o)
@@ -312,6 +320,24 @@ class Provenance:
 
 
 _UNREADABLE = object()
+_IMPLICIT = frozenset({"integer", "boolean"})
+
+
+def decisive_cuts(cuts, params) -> list[Cut]:
+    """The cuts that starve ``params``: an explicit cut (``.detach()``, ``.item()``, ``no_grad``,
+    ...) is preferred over an integer or boolean result on a side path to the same
+    parameters (the sampled action of REINFORCE, whose log-probability is what ``.item()``
+    cut). Each returned cut's ``params`` are narrowed to the ones it is decisive for."""
+    hit = [(c, c.params & params) for c in cuts]
+    hit = [(c, ps) for c, ps in hit if ps]
+    explicit = frozenset().union(*(ps for c, ps in hit if c.reason not in _IMPLICIT))
+    out = []
+    for c, ps in hit:
+        if c.reason in _IMPLICIT:
+            ps = ps - explicit
+        if ps:
+            out.append(replace(c, params=ps))
+    return out
 
 
 def grad_fn(t: torch.Tensor) -> Any:

@@ -8,6 +8,7 @@ machinery (``gradwise._frames``).
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import linecache
 import sys
@@ -19,7 +20,19 @@ from torch import nn
 
 from gradwise._frames import is_library, is_training_internal
 
-__all__ = ["Site", "creation_site", "locate", "source_line", "user_frame", "user_site", "user_stack", "variable_name"]
+__all__ = [
+    "Site",
+    "caller_line",
+    "creation_site",
+    "locate",
+    "no_grad_site",
+    "source_line",
+    "statement_at",
+    "user_frame",
+    "user_site",
+    "user_stack",
+    "variable_name",
+]
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,92 @@ def source_line(file: str | None, line: int | None) -> str:
     return linecache.getline(file, line).strip()
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed(file: str, size: int) -> ast.Module | None:
+    try:
+        return ast.parse("".join(linecache.getlines(file)))
+    except (SyntaxError, ValueError):
+        return None
+
+
+def _tree(file: str) -> ast.Module | None:
+    lines = linecache.getlines(file)
+    return _parsed(file, sum(map(len, lines))) if lines else None
+
+
+def statement_at(site: Site) -> ast.stmt | None:
+    """The innermost statement of the user's source that spans ``site``'s line."""
+    tree = _tree(site.file)
+    best = None
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, ast.stmt) and node.lineno <= site.line <= (node.end_lineno or node.lineno):
+            if best is None or node.lineno >= best.lineno:
+                best = node
+    return best
+
+
+def caller_line(site: Site, file: str) -> Site | None:
+    """For a ``return`` statement at ``site``, the one line of ``file`` that calls the function
+    holding it (a helper called once before the loop), else None."""
+    tree, statement = _tree(site.file), statement_at(site)
+    if tree is None or not isinstance(statement, ast.Return):
+        return None
+    functions = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.lineno <= site.line <= (n.end_lineno or 0)
+    ]
+    if not functions:
+        return None
+    name = max(functions, key=lambda n: n.lineno).name
+    other = _tree(file)
+    calls = [
+        n.lineno
+        for n in (ast.walk(other) if other is not None else ())
+        if isinstance(n, ast.Call) and (getattr(n.func, "id", None) == name or getattr(n.func, "attr", None) == name)
+    ]
+    return Site(file, calls[0]) if len(set(calls)) == 1 else None
+
+
+_GRAD_OFF = frozenset({"no_grad", "inference_mode", "set_grad_enabled", "enable_grad"})
+
+
+def _switches_grad(expr: ast.expr) -> bool:
+    call = expr.func if isinstance(expr, ast.Call) else expr
+    name = getattr(call, "attr", None) or getattr(call, "id", None)
+    return name in _GRAD_OFF and name != "enable_grad"
+
+
+@functools.lru_cache(maxsize=4096)
+def _in_grad_off_block(file: str, line: int) -> bool:
+    tree = _tree(file)
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, ast.With | ast.AsyncWith) and any(_switches_grad(i.context_expr) for i in node.items):
+            body = node.body
+            if body and body[0].lineno <= line <= (body[-1].end_lineno or body[-1].lineno):
+                return True
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and any(
+            _switches_grad(d) for d in node.decorator_list
+        ):
+            if node.body and node.body[0].lineno <= line <= (node.end_lineno or node.lineno):
+                return True
+    return False
+
+
+def no_grad_site() -> Site | None:
+    """The innermost user frame whose line lies inside a ``with torch.no_grad():`` (or
+    ``inference_mode``, ``set_grad_enabled``) block or a function decorated with one: the
+    line where gradients were switched off for this operation (which may run deeper, in a
+    layer's forward)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not is_library(filename) and _in_grad_off_block(filename, frame.f_lineno):
+            return Site(filename, frame.f_lineno)
+        frame = frame.f_back
+    return None
+
+
 def _attribute_holding(owner: Any, obj: Any) -> str | None:
     if isinstance(owner, nn.Module):
         for attr, value in (*owner._modules.items(), *owner._parameters.items()):
@@ -120,18 +219,20 @@ def variable_name(obj: Any, max_frames: int = 8) -> str | None:
 
 def creation_site(root: nn.Module, qualname: str) -> Site | None:
     """The ``self.<name> = ...`` line in an ``__init__`` of user code that created a parameter
-    of ``root`` (or the submodule holding it), found by walking ``qualname`` from ``root``."""
+    of ``root`` (or the submodule holding it), found by walking ``qualname`` from ``root``:
+    the innermost such line (``self.key = nn.Linear(...)`` in an attention head, not the
+    ``nn.ModuleList([Block() ...])`` of the model that holds the heads)."""
     parts = qualname.split(".")
-    owner = root
+    owner, found = root, None
     for i, part in enumerate(parts):
         site = _assignment_in_init(type(owner), part)
         if site is not None:
-            return site
+            found = site
         child = getattr(owner, part, None)
         if not isinstance(child, nn.Module) or i == len(parts) - 1:
             break
         owner = child
-    return None
+    return found
 
 
 def _assignment_in_init(cls: type, attr: str) -> Site | None:

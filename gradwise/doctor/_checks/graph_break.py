@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gradwise.doctor._checks import BackwardEvent, Check, StepEvent
-from gradwise.doctor._provenance import Cut, OpEvent
+from gradwise.doctor._provenance import Cut, OpEvent, decisive_cuts
 from gradwise.doctor._trace import Site
 
 _INDEX_OPS = frozenset({"argmax", "argmin", "topk", "sort", "argsort", "max", "min"})
@@ -90,10 +90,9 @@ class GraphBreak(Check):
             if not broken:
                 continue
             by_cut: dict[tuple, set] = {}
-            for cut in pending.cuts:
-                hit = cut.params & broken
-                if hit:
-                    by_cut.setdefault((cut.site, cut.op, cut.reason, cut in self.lookups), set()).update(hit)
+            for cut in decisive_cuts(pending.cuts, broken):
+                lookup = any(c.site == cut.site and c.op == cut.op for c in self.lookups)
+                by_cut.setdefault((cut.site, cut.op, cut.reason, lookup), set()).update(cut.params)
             for (site, op, reason, lookup), params in by_cut.items():
                 what, fix = _explain(op, reason, lookup)
                 self.doctor.add(

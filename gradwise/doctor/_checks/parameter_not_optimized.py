@@ -6,10 +6,16 @@ of the same model are in an optimizer (``Adam(model.encoder.parameters())`` leav
 head out); a plain leaf tensor (a learned temperature) when it is used in two or more steps
 together with optimized parameters, and its ``.grad`` is not read by the user's code (an
 adversarial input or an interpolate for a gradient penalty are consumed, not optimized);
-and the parameters of a model re-created after the optimizer was built (a k-fold loop that
+the parameters of a model re-created after the optimizer was built (a k-fold loop that
 builds the optimizer once), when an optimizer steps with no gradient on any of its own
-parameters. A model none of whose parameters is in any optimizer (a frozen teacher) is not
-reported. Points at the construction of the optimizer they belong in.
+parameters; and a whole model in no optimizer (``Adam(discriminator.parameters())`` copied
+for the generator, a learned loss weighting, a separate attention module) when its
+parameters get gradients in two or more steps while it is in training mode and other
+optimizers step. Not reported: a model in eval mode or under ``no_grad`` (a frozen teacher),
+a copy of an optimized model (a target network made by ``deepcopy``, same shapes), a model
+updated from other parameters (an EMA) or whose ``.grad`` the user's code reads (a
+hand-written update). Points at the construction of the optimizer that stepped after them
+(or that they belong in).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ class ParameterNotOptimized(Check):
         self.orphans: dict = {}  # param -> an optimizer that stepped without gradients while it had one
         self.steps_reached: dict = {}  # param -> number of watched backwards that reached it
         self._since_step: set = set()  # unoptimized params reached since the last optimizer step
+        self.next_stepper: dict = {}  # param -> the first optimizer stepped after a backward reached it
+        self.in_training: set = set()  # params reached while their model was in training mode
 
     def after_backward(self, event: BackwardEvent) -> None:
         doctor = self.doctor
@@ -51,12 +59,18 @@ class ParameterNotOptimized(Check):
                     self.unoptimized[p].append(rec)
             self.steps_reached[p] = self.steps_reached.get(p, 0) + 1
             self._since_step.add(p)
+            model = doctor.model_of(p)
+            module = None if model is None else doctor._root(model).module()
+            if module is not None and module.training:
+                self.in_training.add(p)
 
     def before_step(self, event: StepEvent) -> None:
         tensors = [p.tensor() for p in event.params]
         if self._since_step and all(t is None or t.grad is None for t in tensors):
             for p in self._since_step:
                 self.orphans.setdefault(p, event.optimizer)
+        for p in self._since_step:
+            self.next_stepper.setdefault(p, event.optimizer)
 
     def after_step(self, event: StepEvent) -> None:
         self._since_step = set()
@@ -74,6 +88,8 @@ class ParameterNotOptimized(Check):
                 siblings = [q for q in model.params if q in optimized]
                 holders = doctor.optimizers_holding(siblings)
                 target = holders[0] if holders else self.orphans.get(p)
+                if target is None and not siblings and self._whole_model_left_out(p, model, optimized):
+                    target = self.next_stepper.get(p)
             elif self.steps_reached.get(p, 0) < 2 or p in doctor.grad_read:
                 continue  # a leaf made anew each step (an input), or one whose gradient the user consumes
             elif self.orphans.get(p) is not None:
@@ -91,6 +107,20 @@ class ParameterNotOptimized(Check):
                 params,
                 _FIX,
             )
+
+    def _whole_model_left_out(self, p, model, optimized) -> bool:
+        """A model none of whose parameters is in an optimizer, trained as if it were one."""
+        doctor = self.doctor
+        if self.steps_reached.get(p, 0) < 2 or p not in self.in_training:
+            return False
+        if p in doctor.grad_read or p in doctor.provenance.copied:
+            return False
+        shapes = sorted(q.shape for q in model.params)
+        for other in doctor.models:
+            if other is not model and other.params and any(q in optimized for q in other.params):
+                if sorted(q.shape for q in other.params) == shapes:
+                    return False  # a copy of an optimized model: a target network
+        return True
 
 
 def _has_gradient(p) -> bool:

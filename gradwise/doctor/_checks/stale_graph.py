@@ -6,8 +6,10 @@ carried across steps (an RNN's hidden state), at the training-loop line where th
 
 from __future__ import annotations
 
+import ast
+
 from gradwise.doctor._checks import BackwardEvent, Check
-from gradwise.doctor._trace import Site, creation_site, user_stack
+from gradwise.doctor._trace import Site, caller_line, creation_site, statement_at, user_stack
 
 
 class StaleGraph(Check):
@@ -32,14 +34,22 @@ class StaleGraph(Check):
             if made is not None:
                 break
         reused = stack[0][0] if stack else event.site
+        caller = user_stack()
+        loop = caller[0] if caller else None  # the frame of the function that calls backward()
         where = made
         if made is None or made == reused:
-            # made and reused by the same line (a recurrent state): point at the training loop, the
-            # frame of the function that calls backward(), where the detach belongs
-            caller = user_stack()
-            loop = caller[0] if caller else None
-            where = next((s for s, fn in stack if loop and s.file == loop[0].file and fn == loop[1]), made or reused)
+            # made and reused by the same line (a recurrent state): point at the line that carries it
+            # to the next step, where the detach belongs: an attribute assignment (self.state = ...),
+            # or the assignment in the training loop (logits, hidden = model(x, hidden))
+            where = next((s for s, fn in stack if _carries(s, fn, loop)), None)
+            if where is None:
+                where = next(
+                    (s for s, fn in stack if loop and s.file == loop[0].file and fn == loop[1]), made or reused
+                )
             reused = where
+        elif loop is not None and made is not None:
+            # made by a helper's return statement: the line that called the helper once, before the loop
+            where = caller_line(made, loop[0].file) or made
         self.doctor.add(
             self.kind,
             "error",
@@ -64,3 +74,17 @@ class StaleGraph(Check):
                     if value is tensor:
                         return creation_site(root, f"{prefix}.{attr}" if prefix else attr)
         return None
+
+
+def _carries(site: Site, function: str, loop) -> bool:
+    """Whether the statement at ``site`` stores a value that outlives the step: an attribute
+    (``self.state = ...``), or a name assigned in the training loop's own function."""
+    statement = statement_at(site)
+    if not isinstance(statement, ast.Assign | ast.AugAssign | ast.AnnAssign):
+        return False
+    targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+    leaves = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple | ast.List) else [t])]
+    if any(isinstance(e, ast.Attribute) for e in leaves):
+        return True
+    in_loop = loop is not None and site.file == loop[0].file and function == loop[1]
+    return in_loop and any(isinstance(e, ast.Name) for e in leaves)

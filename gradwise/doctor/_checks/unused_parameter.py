@@ -1,8 +1,9 @@
 """unused-parameter: a trainable parameter of a model that trains, never used in any
 watched forward (a layer created and never called, a submodule called under a sibling's
 name by a typo, a declared bias never added). Judged at the end of the watch: used means
-seen in an operation or reached by a backward (which also covers compiled regions).
-Reported at the line that created it."""
+seen in an operation inside a module's forward or reached by a backward (which also covers
+compiled regions); a parameter used elsewhere whose path a cut ended is the graph-break's.
+Reported at the line that created it (the innermost ``self.<name> = ...``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ class UnusedParameter(Check):
         doctor = self.doctor
         if doctor.steps == 0:
             return
-        used = doctor.provenance.used | doctor.reached
+        # a parameter whose use a cut hid (in a loss outside forward, then .item()) is the graph-break's
+        used = doctor.provenance.used | doctor.reached | doctor.check("graph-break").broken()
         for model in doctor.models:
             root = model.module()
             if model.merged_into is not None or root is None or not doctor.trained(model):
