@@ -46,7 +46,7 @@ a_hat = (a + a.t() + torch.eye(n)).clamp(max=1)
 a_hat = a_hat / a_hat.sum(1, keepdim=True)
 model = GCN()
 optimizer = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=5e-4)
-for epoch in range(6):
+for _ in range(6):
     optimizer.zero_grad()
     loss = F.nll_loss(model(features, a_hat), labels)
     loss.backward()

@@ -34,11 +34,11 @@ class Discriminator(nn.Module):
 
 generator, discriminator = Generator(), Discriminator()
 adversarial_loss = nn.MSELoss()
-optimizer_G = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))  # doctor: parameter-not-optimized
+optimizer_G = torch.optim.Adam(discriminator.parameters(), 2e-4, betas=(0.5, 0.999))  # doctor: parameter-not-optimized
 optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
 centers = torch.tensor([[0.0, 2.0], [2.0, -1.0], [-2.0, -1.0]])
 
-for i in range(6):
+for _ in range(6):
     labels = torch.randint(0, n_classes, (32,))
     real = centers[labels] + 0.1 * torch.randn(32, 2)
     valid, fake = torch.ones(32, 1), torch.zeros(32, 1)

@@ -40,7 +40,7 @@ def main():
     y_cls = x[:, 1:4].argmax(1)
     net, criterion = MultiTaskNet(), UncertaintyLoss()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)  # doctor: parameter-not-optimized
-    for epoch in range(2):
+    for _ in range(2):
         for i in range(0, 400, 100):
             reg, cls = net(x[i : i + 100])
             loss = criterion([F.mse_loss(reg, y_reg[i : i + 100]), F.cross_entropy(cls, y_cls[i : i + 100])])

@@ -47,9 +47,9 @@ def finish_episode(gamma=0.99):
     del policy.rewards[:], policy.saved_log_probs[:]
 
 
-for episode in range(6):
+for _ in range(6):
     state = torch.randn(4)
-    for t in range(10):
+    for _ in range(10):
         action = select_action(state)
         policy.rewards.append(1.0 if action == int(state[0] > 0) else 0.0)
         state = torch.randn(4)

@@ -40,7 +40,7 @@ def run():
     model = EdgeWeightedGCN(n, fin, 32, c)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     adj_norm = normalize_adj(a * torch.sigmoid(model.edge_logits))  # doctor: stale-graph
-    for epoch in range(6):
+    for _ in range(6):
         opt.zero_grad()
         loss = F.cross_entropy(model(x, adj_norm), y)
         loss.backward()

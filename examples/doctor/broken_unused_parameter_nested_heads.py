@@ -50,7 +50,7 @@ class GPT(nn.Module):
 
 data, model = torch.randint(0, vocab, (2000,)), GPT()
 optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-for step in range(6):
+for _ in range(6):
     ix = torch.randint(0, len(data) - block_size - 1, (8,))
     x = torch.stack([data[i : i + block_size] for i in ix])
     y = torch.stack([data[i + 1 : i + block_size + 1] for i in ix])
