@@ -293,3 +293,42 @@ def test_a_library_buffer_switched_to_requires_grad_is_state_even_after_the_mode
         train()
         gc.collect()  # the model is gone before the doctor's final judgement
     assert problems(dr) == [], dr.report()
+
+
+@pytest.mark.parametrize("role", ["random target network", "teacher without no_grad"])
+def test_a_model_in_no_optimizer_whose_output_is_only_a_loss_target_is_clean(role):
+    torch.manual_seed(0)
+    fixed = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))
+    learner = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(learner.parameters(), 0.1)
+    with gw.doctor.watch() as dr:
+        for _ in range(4):
+            x = torch.randn(32, 8)
+            if role == "random target network":
+                loss = F.mse_loss(learner(x), fixed(x))
+            else:
+                loss = F.kl_div(F.log_softmax(learner(x), -1), F.softmax(fixed(x), -1), reduction="batchmean")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert fixed[0].weight.grad is not None  # it does receive gradients, and is in no optimizer
+    assert problems(dr) == [], dr.report()
+
+
+def test_a_model_left_out_of_every_optimizer_is_reported_at_the_optimizer_that_stepped():
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+    attention = nn.Linear(16, 1)  # a separate module, forgotten in the optimizer
+    with gw.doctor.watch() as dr:
+        opt = torch.optim.Adam(encoder.parameters(), 1e-3)
+        for _ in range(3):
+            h = encoder(torch.randn(4, 5, 8))
+            pooled = (attention(h).softmax(1) * h).sum(1)
+            loss = pooled.pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    (finding,) = problems(dr)
+    assert finding.kind == "parameter-not-optimized" and finding.parameters == ("attention.bias", "attention.weight")
+    here = test_a_model_left_out_of_every_optimizer_is_reported_at_the_optimizer_that_stepped.__code__
+    assert finding.line == here.co_firstlineno + 5  # the optimizer's construction

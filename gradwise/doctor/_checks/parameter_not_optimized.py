@@ -12,15 +12,18 @@ parameters; and a whole model in no optimizer (``Adam(discriminator.parameters()
 for the generator, a learned loss weighting, a separate attention module) when its
 parameters get gradients in two or more steps while it is in training mode and other
 optimizers step. Not reported: a model in eval mode or under ``no_grad`` (a frozen teacher),
-a copy of an optimized model (a target network made by ``deepcopy``, same shapes), a model
-updated from other parameters (an EMA) or whose ``.grad`` the user's code reads (a
-hand-written update). Points at the construction of the optimizer that stepped after them
-(or that they belong in).
+one whose output reaches losses only as their target (a teacher's logits in ``kl_div``, a
+random target network's features in ``mse_loss``), a copy of an optimized model (a target
+network made by ``deepcopy``: the same shapes), a model updated from other parameters (an
+EMA) or whose ``.grad`` the user's code reads (a hand-written update). Points at the
+construction of the optimizer that stepped after them (or that they belong in).
 """
 
 from __future__ import annotations
 
+from gradwise._losses import LOSS_MODULES
 from gradwise.doctor._checks import BackwardEvent, Check, StepEvent, nonzero_counts
+from gradwise.doctor._provenance import OpEvent
 
 _FIX = (
     "Build the optimizer from model.parameters() (or add the missing ones with optimizer.add_param_group); if they "
@@ -31,6 +34,7 @@ _FIX = (
 class ParameterNotOptimized(Check):
     kind = "parameter-not-optimized"
     order = 90
+    ops = frozenset(LOSS_MODULES.values())  # which side of a loss a model's output is on
 
     def __init__(self, doctor):
         super().__init__(doctor)
@@ -40,6 +44,17 @@ class ParameterNotOptimized(Check):
         self._since_step: set = set()  # unoptimized params reached since the last optimizer step
         self.next_stepper: dict = {}  # param -> the first optimizer stepped after a backward reached it
         self.in_training: set = set()  # params reached while their model was in training mode
+        self.as_input: set = set()  # params behind a loss's input
+        self.as_target: set = set()  # params behind a loss's target
+
+    def on_op(self, event: OpEvent) -> None:
+        args, kwargs, info = event.args, event.kwargs, self.doctor.provenance.info
+        inp = info(args[0] if args else kwargs.get("input"))
+        target = info(args[1] if len(args) > 1 else kwargs.get("target"))
+        if inp is not None:
+            self.as_input |= inp.prov
+        if target is not None:
+            self.as_target |= target.prov
 
     def after_backward(self, event: BackwardEvent) -> None:
         doctor = self.doctor
@@ -115,6 +130,8 @@ class ParameterNotOptimized(Check):
             return False
         if p in doctor.grad_read or p in doctor.provenance.copied:
             return False
+        if p in self.as_target and p not in self.as_input:
+            return False  # a teacher's or a target network's output, used as a loss's target
         shapes = sorted(q.shape for q in model.params)
         for other in doctor.models:
             if other is not model and other.params and any(q in optimized for q in other.params):
