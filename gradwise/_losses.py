@@ -100,11 +100,12 @@ LOSS_MODULES: dict[type, str] = {
     nn.KLDivLoss: "kl_div",
     nn.SoftMarginLoss: "soft_margin_loss",
     nn.PoissonNLLLoss: "poisson_nll_loss",
+    nn.CTCLoss: "ctc_loss",
 }
 _FUNCTIONALS = {getattr(F, name): name for name in LOSS_MODULES.values()}
 CHECKED_LOSSES = frozenset(
     {"cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div"}
-    | {"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss"}
+    | {"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "ctc_loss"}
 )
 """The losses :func:`check_loss_input` has rules for (functional names)."""
 REGRESSION_LOSSES = frozenset({"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss"})
@@ -362,6 +363,8 @@ def check_loss_input(
     x = input.detach()
     if name in ("cross_entropy", "nll_loss"):
         return _check_classification(name, loss_fn, x, target, form)
+    if name == "ctc_loss":
+        return _check_ctc(x, form)
     if not bool(torch.isfinite(x).all()):
         return None
     if name == "binary_cross_entropy_with_logits":
@@ -481,6 +484,27 @@ def _check_classification(name, loss_fn, x, target, form) -> LossInputProblem | 
             "apply log_softmax(dim=1) before F.nll_loss, or pass the logits to F.cross_entropy.",
         )
     return None
+
+
+def _check_ctc(x: torch.Tensor, form: str | None) -> LossInputProblem | None:
+    """ctc_loss takes log-probabilities over the last dimension, (T, N, C) or (T, C)."""
+    if form == LOG_PROBABILITIES or x.dim() < 2 or not bool(torch.isfinite(x).all()):
+        return None
+    rows = x.reshape(-1, x.shape[-1])[:_MAX_ROWS]
+    rows = rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows
+    lse = torch.logsumexp(rows, dim=-1)
+    if bool((lse.abs() <= _tol(rows)).all()):
+        return None
+    known = form in (SCORES, PROBABILITIES, BINARY_PROBABILITIES)
+    seen = _SEEN_FROM[form] if known else "values that are not log-probabilities"
+    return LossInputProblem(
+        "logits-into-ctc-loss" if form != PROBABILITIES else "probabilities-into-ctc-loss",
+        ERROR if known else WARNING,
+        "ctc_loss",
+        f"ctc_loss receives {seen}: a frame's logsumexp over the classes is {float(lse.abs().max()):.3g} away from "
+        "0, but ctc_loss expects log-probabilities (it does not normalise them itself).",
+        "apply log_softmax over the class dimension before F.ctc_loss: F.ctc_loss(logits.log_softmax(-1), ...).",
+    )
 
 
 def _check_regression(name: str, input: torch.Tensor, form: str | None) -> LossInputProblem | None:

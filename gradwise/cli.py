@@ -99,7 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("script", metavar="SCRIPT", help="the training script")
-    p.add_argument("--steps", type=int, default=5, help="training steps to watch (default: 5)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=5,
+        help="training steps to watch (default: 5; extended up to 4 x STEPS while an optimizer has stepped fewer than "
+        "twice)",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the findings as JSON to PATH")
     p.add_argument(
         "--run-to-end",

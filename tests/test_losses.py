@@ -155,3 +155,18 @@ def test_forms_follow_provenance_not_values():
     assert forms.of(picks) == INDICES
     assert forms.of(lost) is None and forms.of(small) is None and forms.of(mixed) is None
     assert forms.of("not a tensor") is None
+
+
+def test_ctc_loss_wants_log_probabilities_over_the_classes():
+    torch.manual_seed(0)
+    logits = torch.randn(12, 2, 5)  # (T, N, C)
+    targets, in_len, tgt_len = torch.randint(1, 5, (2, 4)), torch.full((2,), 12), torch.full((2,), 4)
+    ctc = functools.partial(F.ctc_loss, targets=targets, input_lengths=in_len, target_lengths=tgt_len)
+    # PyTorch itself: ctc_loss does not normalise, so raw scores give another (meaningless) loss
+    assert not torch.allclose(ctc(logits), ctc(logits.log_softmax(-1)))
+    problem = check_loss_input(F.ctc_loss, logits, form=SCORES)
+    assert problem.kind == "logits-into-ctc-loss" and problem.severity == "error"
+    assert check_loss_input(F.ctc_loss, logits).severity == "warning"  # values alone
+    assert check_loss_input(F.ctc_loss, logits.softmax(-1), form=PROBABILITIES).kind == "probabilities-into-ctc-loss"
+    assert check_loss_input(F.ctc_loss, logits.log_softmax(-1)) is None
+    assert check_loss_input(nn.CTCLoss(), logits.log_softmax(-1).double(), form=LOG_PROBABILITIES) is None

@@ -40,6 +40,11 @@ _DUNDER_INPLACE = frozenset(
 PROPERTIES = frozenset({"data", "T", "mT", "H", "mH", "real", "imag"})  # getters that compute a tensor
 _EMPTY: frozenset = frozenset()
 _PAIRWISE = frozenset({"broadcast_tensors", "atleast_1d", "atleast_2d", "atleast_3d"})
+# outputs that take only the shape, dtype and device of their tensor inputs, never their values
+SHAPE_ONLY = frozenset(
+    {"rand_like", "randn_like", "randint_like", "zeros_like", "ones_like", "empty_like", "full_like"}
+    | {"new_zeros", "new_ones", "new_empty", "new_full"}
+)
 
 
 @dataclass(eq=False)
@@ -213,6 +218,8 @@ class Provenance:
 
     def observe(self, ev: OpEvent, rewrapped: tuple[frozenset, frozenset] | None) -> None:
         """Update the records for one operation."""
+        if ev.op in SHAPE_ONLY:
+            return  # noise or a constant shaped like its input: no value of it flows on
         if ev.op in _PAIRWISE and len(ev.inputs) == len(ev.outputs) > 1:
             for t, o in zip(ev.inputs, ev.outputs, strict=True):  # output i depends on input i only
                 self.observe(replace(ev, args=(t,), kwargs={}, inputs=[t], out=o, outputs=[o]), None)

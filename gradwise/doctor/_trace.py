@@ -24,6 +24,7 @@ __all__ = [
     "Site",
     "caller_line",
     "creation_site",
+    "enclosing_function",
     "locate",
     "no_grad_site",
     "source_line",
@@ -115,20 +116,24 @@ def statement_at(site: Site) -> ast.stmt | None:
     return best
 
 
+def enclosing_function(site: Site) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """The innermost function definition of the user's source that holds ``site``'s line."""
+    tree = _tree(site.file)
+    functions = [
+        n
+        for n in (ast.walk(tree) if tree is not None else ())
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.lineno <= site.line <= (n.end_lineno or 0)
+    ]
+    return max(functions, key=lambda n: n.lineno) if functions else None
+
+
 def caller_line(site: Site, file: str) -> Site | None:
     """For a ``return`` statement at ``site``, the one line of ``file`` that calls the function
     holding it (a helper called once before the loop), else None."""
-    tree, statement = _tree(site.file), statement_at(site)
-    if tree is None or not isinstance(statement, ast.Return):
+    function = enclosing_function(site)
+    if function is None or not isinstance(statement_at(site), ast.Return):
         return None
-    functions = [
-        n
-        for n in ast.walk(tree)
-        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.lineno <= site.line <= (n.end_lineno or 0)
-    ]
-    if not functions:
-        return None
-    name = max(functions, key=lambda n: n.lineno).name
+    name = function.name
     other = _tree(file)
     calls = [
         n.lineno

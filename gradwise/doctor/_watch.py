@@ -399,7 +399,7 @@ class Doctor:
 
     def backward(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         """A ``backward()`` call: one training step."""
-        if self.max_steps is not None and self.steps >= self.max_steps:
+        if self._watched_enough():
             self.done = True  # watched enough: every callback is inert from now on
             self.inst.disable()
             if self.stop:
@@ -431,6 +431,18 @@ class Doctor:
             self._dispatch("after_backward", event)
             self.steps += 1
         return result
+
+    def _watched_enough(self) -> bool:
+        """``max_steps`` backward calls, extended (up to ``_EXTEND`` times as many) while an
+        optimizer has stepped fewer than twice: gradients accumulating across an optimizer's
+        steps (a missing ``zero_grad``) show only from its second step, and a loop that
+        accumulates gradients over several backward calls steps less often. A single watched
+        step (``steps=1``) is never extended."""
+        if self.max_steps is None or self.steps < self.max_steps:
+            return False
+        if self.max_steps < 2 or self.steps >= _EXTEND * self.max_steps:
+            return True
+        return not any(rec.steps < 2 and rec.optimizer() is not None for rec in self.optimizers if rec.params)
 
     def _backward_event(self, args: tuple, kwargs: dict) -> BackwardEvent:
         roots = tensors_in(args[:1]) or tensors_in([kwargs.get("tensors")])
@@ -505,6 +517,9 @@ class Doctor:
         self._findings = None
 
 
+_EXTEND = 4  # the most a watch is extended, as a multiple of its steps
+
+
 def _grad_state(p: Param) -> tuple:
     """Which gradient tensor a parameter holds and its version: changes when backward writes it."""
     t = p.tensor()
@@ -534,9 +549,11 @@ def watch(
         optimizer: an optimizer (optional: optimizers created or stepped during the block
             are found anyway; passing one made before the block lets the doctor know it
             from the start).
-        steps: watch this many steps; at the next ``backward()`` the block is stopped with
-            :class:`StopWatching` (swallowed by ``watch``), or with ``stop=False`` left to run
-            on unobserved.
+        steps: watch this many steps (a step ends at each ``backward()``; with 2 or more,
+            extended up to 4 times as many while an optimizer has stepped fewer than twice,
+            so that gradients accumulating across its steps can be seen); at the next
+            ``backward()`` the block is stopped with :class:`StopWatching` (swallowed by
+            ``watch``), or with ``stop=False`` left to run on unobserved.
         stop: see ``steps``.
 
     Raises:

@@ -332,3 +332,67 @@ def test_a_model_left_out_of_every_optimizer_is_reported_at_the_optimizer_that_s
     assert finding.kind == "parameter-not-optimized" and finding.parameters == ("attention.bias", "attention.weight")
     here = test_a_model_left_out_of_every_optimizer_is_reported_at_the_optimizer_that_stepped.__code__
     assert finding.line == here.co_firstlineno + 5  # the optimizer's construction
+
+
+def test_a_watch_goes_on_to_an_optimizers_second_step_when_it_accumulates_over_several_backwards():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    with gw.doctor.watch(steps=5) as dr:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        for i in range(40):
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            if i % 4 == 3:
+                opt.step()  # zero_grad forgotten: the second step sees 8 backwards' gradients
+    assert dr.steps == 8 and dr.stopped  # 5 asked, extended to the optimizer's second step
+    assert [f.kind for f in problems(dr)] == ["missing-zero-grad"]
+
+
+def test_gumbel_noise_shaped_like_the_logits_is_not_a_cut():
+    torch.manual_seed(0)
+    encoder = nn.Linear(6, 4)
+    decoder = nn.Linear(4, 6)
+    with gw.doctor.watch() as dr:
+        opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], 1e-3)
+        for _ in range(3):
+            x = torch.randn(16, 6)
+            logits = encoder(x)
+            g = -torch.log(-torch.log(torch.rand_like(logits) + 1e-9) + 1e-9)
+            z = F.one_hot((logits + g).argmax(-1), 4).float()
+            loss = F.mse_loss(decoder(z), x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    (finding,) = problems(dr)
+    assert finding.kind == "graph-break" and finding.data["op"] == "argmax"
+    assert finding.parameters == ("encoder.bias", "encoder.weight")
+
+
+class _StreamingGRU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(3, 8, batch_first=True)
+        self.head = nn.Linear(8, 2)
+        self.state = None
+
+    def forward(self, chunk):
+        out, h = self.gru(chunk, self.state)
+        self.state = h  # stored with its history: the line to point at
+        return self.head(out[:, -1])
+
+
+def test_a_recurrent_state_stored_on_the_module_is_pointed_at_where_it_is_stored():
+    import inspect
+
+    torch.manual_seed(0)
+    model = _StreamingGRU()
+    with gw.doctor.watch() as dr, pytest.raises(RuntimeError, match="second time"):
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        for _ in range(3):
+            loss = F.cross_entropy(model(torch.randn(4, 5, 3)), torch.randint(0, 2, (4,)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    (finding,) = problems(dr)
+    lines, start = inspect.getsourcelines(_StreamingGRU.forward)
+    stored = start + next(i for i, text in enumerate(lines) if "self.state = h" in text)
+    assert finding.kind == "stale-graph" and finding.line == stored

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 
 from gradwise.doctor._checks import BackwardEvent, Check
-from gradwise.doctor._trace import Site, caller_line, creation_site, statement_at, user_stack
+from gradwise.doctor._trace import Site, caller_line, creation_site, enclosing_function, statement_at, user_stack
 
 
 class StaleGraph(Check):
@@ -41,7 +41,8 @@ class StaleGraph(Check):
             # made and reused by the same line (a recurrent state): point at the line that carries it
             # to the next step, where the detach belongs: an attribute assignment (self.state = ...),
             # or the assignment in the training loop (logits, hidden = model(x, hidden))
-            where = next((s for s, fn in stack if _carries(s, fn, loop)), None)
+            where = _stored_later(made) if made is not None and not _carries(made, "", None) else None
+            where = where or next((s for s, fn in stack if _carries(s, fn, loop)), None)
             if where is None:
                 where = next(
                     (s for s, fn in stack if loop and s.file == loop[0].file and fn == loop[1]), made or reused
@@ -88,3 +89,30 @@ def _carries(site: Site, function: str, loop) -> bool:
         return True
     in_loop = loop is not None and site.file == loop[0].file and function == loop[1]
     return in_loop and any(isinstance(e, ast.Name) for e in leaves)
+
+
+def _stored_later(made: Site) -> Site | None:
+    """For ``o, h = self.gru(x, self.state)`` followed, in the same function, by
+    ``self.state = h``: the line that stores the result on an attribute."""
+    statement = statement_at(made)
+    if not isinstance(statement, ast.Assign):
+        return None
+    names = {
+        e.id
+        for t in statement.targets
+        for e in (t.elts if isinstance(t, ast.Tuple | ast.List) else [t])
+        if isinstance(e, ast.Name)
+    }
+    function = enclosing_function(made)
+    if not names or function is None:
+        return None
+    for node in ast.walk(function):
+        if not isinstance(node, ast.Assign) or node.lineno <= made.line:
+            continue
+        values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+        stores = any(isinstance(t, ast.Attribute) for t in node.targets) or any(
+            isinstance(e, ast.Attribute) for t in node.targets if isinstance(t, ast.Tuple) for e in t.elts
+        )
+        if stores and any(isinstance(v, ast.Name) and v.id in names for v in values):
+            return Site(made.file, node.lineno)
+    return None
