@@ -396,3 +396,24 @@ def test_a_recurrent_state_stored_on_the_module_is_pointed_at_where_it_is_stored
     lines, start = inspect.getsourcelines(_StreamingGRU.forward)
     stored = start + next(i for i, text in enumerate(lines) if "self.state = h" in text)
     assert finding.kind == "stale-graph" and finding.line == stored
+
+
+def test_reading_requires_grad_is_no_bandaid_and_a_backward_refused_for_a_cut_is_explained_by_it():
+    torch.manual_seed(0)
+    router = nn.Linear(4, 3)
+    codebook = torch.randn(3, 2)
+    with gw.doctor.watch() as dr:
+        opt = torch.optim.Adam(router.parameters(), 1e-2)
+        for _ in range(3):
+            picked = codebook[router(torch.randn(8, 4)).argmax(-1)]
+            loss = F.mse_loss(picked, torch.zeros(8, 2))
+            opt.zero_grad()
+            if loss.requires_grad:  # a read, not a band-aid
+                loss.backward()
+            else:
+                with pytest.raises(RuntimeError, match="does not require grad"):
+                    loss.backward()
+            opt.step()
+    (finding,) = problems(dr)
+    assert finding.kind == "graph-break" and finding.data["op"] == "argmax"
+    assert finding.parameters == ("bias", "weight")

@@ -70,6 +70,8 @@ class GraphBreak(Check):
                 self._open.append(pending)
 
     def on_backward_error(self, event: BackwardEvent, error: BaseException) -> None:
+        if "does not require grad" in str(error):
+            return  # "element 0 of tensors does not require grad": the cut is the explanation
         # this step never completed: its failure is the finding (stale-graph, inplace-modification, ...)
         self.pending = [p for p in self.pending if p.step != event.step]
         self._open = [p for p in self._open if p.step != event.step]

@@ -40,6 +40,8 @@ class RequiresGradBandaid(Check):
                 if info is not None and info.prov and grad_fn(out) is None:
                     self.bandaids.append(_Bandaid(event.site, info.prov, info.cuts, event.step))
             return
+        if event.op == "requires_grad" and not event.name.endswith("__set__"):
+            return  # reading loss.requires_grad is not switching it on
         args = event.args
         target = args[0] if args else None
         wants = args[1] if len(args) > 1 else event.kwargs.get("requires_grad", True)
