@@ -1,4 +1,6 @@
-"""Walks of the autograd graph, shared by the doctor and ``gradwise.testing``.
+"""Walks of the autograd graph, shared by the doctor and ``gradwise.testing``, and the
+tensors among an operation's arguments (``tensors_in``, shared by the doctor and the
+loss-form tracking of ``gradwise._losses``).
 
 A graph is entered from the ``grad_fn`` of some tensors and followed through
 ``next_functions``; a leaf that accumulates gradient appears as an ``AccumulateGrad``
@@ -18,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["custom_function_nodes", "nodes", "reachable_leaves"]
+__all__ = ["custom_function_nodes", "nodes", "reachable_leaves", "tensors_in"]
 
 
 def nodes(roots: Iterable[torch.Tensor]) -> Iterator[Any]:
@@ -51,3 +53,16 @@ def reachable_leaves(roots: Iterable[torch.Tensor]) -> list[torch.Tensor]:
 def custom_function_nodes(roots: Iterable[torch.Tensor]) -> list[Any]:
     """The nodes of custom ``torch.autograd.Function`` s reachable from ``roots``, in discovery order."""
     return [node for node in nodes(roots) if hasattr(node, "_forward_cls")]
+
+
+def tensors_in(values) -> list[torch.Tensor]:
+    """The tensors among ``values`` and inside the lists, tuples and dicts among them (one level)."""
+    out = []
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, list | tuple):
+            out.extend(x for x in v if isinstance(x, torch.Tensor))
+        elif isinstance(v, dict):
+            out.extend(x for x in v.values() if isinstance(x, torch.Tensor))
+    return out

@@ -57,6 +57,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from gradwise._graph import tensors_in
+
 __all__ = [
     "BINARY_PROBABILITIES",
     "CHECKED_LOSSES",
@@ -70,6 +72,7 @@ __all__ = [
     "LossInputProblem",
     "check_loss_input",
     "form_after",
+    "loss_arguments",
     "loss_name",
     "loss_option",
     "op_name",
@@ -215,10 +218,10 @@ class FormTracker(TorchFunctionMode):
         out = func(*args, **kwargs)
         try:
             op = op_name(func)
-            forms = [self._forms.get(a) for a in _tensors(args)]
+            forms = [self._forms.get(a) for a in tensors_in(args)]
             form = form_after(op, forms, args, kwargs)
             if form is not None:
-                for o in _tensors((out,)):
+                for o in tensors_in((out,)):
                     self._forms[o] = form
         except Exception:  # the forms are a hint; they never break the forward
             pass
@@ -228,16 +231,6 @@ class FormTracker(TorchFunctionMode):
 def track_forms() -> FormTracker:
     """A context manager that tracks the forms of the tensors made inside it (see the module)."""
     return FormTracker()
-
-
-def _tensors(values) -> list[torch.Tensor]:
-    out = []
-    for v in values:
-        if isinstance(v, torch.Tensor):
-            out.append(v)
-        elif isinstance(v, list | tuple):
-            out.extend(x for x in v if isinstance(x, torch.Tensor))
-    return out
 
 
 # --- the loss table ------------------------------------------------------------------------
@@ -264,6 +257,13 @@ class LossInputProblem:
 
     def __str__(self) -> str:
         return f"{self.message} Fix: {self.fix}"
+
+
+def loss_arguments(args: tuple, kwargs: dict) -> tuple[Any, Any]:
+    """The input and the target of a call ``F.<loss>(input, target, ...)``, by position or by name."""
+    inp = args[0] if args else kwargs.get("input")
+    target = args[1] if len(args) > 1 else kwargs.get("target")
+    return inp, target
 
 
 def loss_name(loss_fn: Any) -> str | None:

@@ -142,19 +142,6 @@ class OpEvent:
     grad_enabled: bool
 
 
-def tensors_in(values) -> list[torch.Tensor]:
-    """The tensors among ``values`` and inside the lists, tuples and dicts among them (one level)."""
-    out = []
-    for v in values:
-        if isinstance(v, torch.Tensor):
-            out.append(v)
-        elif isinstance(v, list | tuple):
-            out.extend(x for x in v if isinstance(x, torch.Tensor))
-        elif isinstance(v, dict):
-            out.extend(x for x in v.values() if isinstance(x, torch.Tensor))
-    return out
-
-
 def is_inplace(op: str, kwargs: dict) -> bool:
     return (op.endswith("_") and not op.startswith("__") and op not in _NOT_INPLACE) or (
         op in _DUNDER_INPLACE or kwargs.get("inplace") is True

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from gradwise._graph import tensors_in
 from gradwise._losses import op_names
-from gradwise.doctor._provenance import PROPERTIES, REWRAP, OpEvent, is_inplace, tensors_in
+from gradwise.doctor._provenance import PROPERTIES, REWRAP, OpEvent, is_inplace
 from gradwise.doctor._trace import locate
 
 if TYPE_CHECKING:

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradwise._graph import reachable_leaves
+from gradwise._graph import reachable_leaves, tensors_in
 from gradwise._hooks import Instrumentation
 from gradwise.doctor._checks import CHECKS, INPLACE, BackwardEvent, Check, StepEvent
 from gradwise.doctor._findings import Finding
-from gradwise.doctor._provenance import OpEvent, Param, Provenance, tensors_in
+from gradwise.doctor._provenance import OpEvent, Param, Provenance
 from gradwise.doctor._recorder import Recorder
 from gradwise.doctor._trace import Site, locate, user_site, variable_name
 from gradwise.errors import ArgumentError, ArgumentTypeError

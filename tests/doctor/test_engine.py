@@ -11,6 +11,7 @@ from torch import nn
 
 import gradwise as gw
 from gradwise.doctor import Finding
+from tests.doctor.instrumentation import global_state
 
 
 def line_of(marker: str) -> int:
@@ -201,31 +202,17 @@ def test_inplace_modification_is_explained():
     assert only(dr.findings, "inplace-modification").line == line_of("in-place")
 
 
-def _hook_state():
-    from torch.nn.modules import module as m
-    from torch.optim import optimizer as o
-
-    return (
-        len(m._global_forward_pre_hooks),
-        len(m._global_forward_hooks),
-        len(o._global_optimizer_pre_hooks),
-        len(o._global_optimizer_post_hooks),
-        torch.optim.Optimizer.__init__,
-        torch._C._len_torch_function_stack(),
-    )
-
-
 def test_no_trace_is_left_also_when_the_block_raises():
-    before = _hook_state()
+    before = global_state()
     model = nn.Linear(2, 2)
     with gw.doctor.watch():
         model(torch.randn(1, 2)).sum().backward()
-    assert _hook_state() == before
+    assert global_state() == before
     with pytest.raises(ValueError, match="user error"):
         with gw.doctor.watch():
             model(torch.randn(1, 2)).sum().backward()
             raise ValueError("user error")
-    assert _hook_state() == before
+    assert global_state() == before
     assert not model._forward_hooks and not model._forward_pre_hooks and not model._backward_hooks
 
 

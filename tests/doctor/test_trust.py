@@ -5,7 +5,6 @@ variables that hold the models, its own faults counted, and nothing left behind.
 import gc
 import json
 import re
-import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from torch import nn
 
 import gradwise as gw
 from gradwise.doctor import StopWatching
+from tests.doctor.instrumentation import global_state
 
 
 def problems(dr):
@@ -181,24 +181,8 @@ def test_an_internal_fault_is_counted_and_said_and_never_breaks_the_program(monk
     assert data["internal_errors"] == dr.internal_errors and data["steps"] == 1 and data["crashed"] is None
 
 
-def _global_state():
-    from torch.nn.modules import module as m
-    from torch.optim import optimizer as o
-
-    return (
-        len(m._global_forward_pre_hooks),
-        len(m._global_forward_hooks),
-        len(o._global_optimizer_pre_hooks),
-        len(o._global_optimizer_post_hooks),
-        torch.optim.Optimizer.__init__,
-        torch.from_numpy,
-        torch._C._len_torch_function_stack(),
-        list(warnings.filters),
-    )
-
-
 def test_nothing_is_left_behind_also_when_the_code_raises():
-    before = _global_state()
+    before = global_state()
     model = nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(KeyError, match="user error"):
@@ -206,11 +190,11 @@ def test_nothing_is_left_behind_also_when_the_code_raises():
             model(torch.randn(1, 2)).sum().backward()
             opt.step()
             raise KeyError("user error")
-    assert _global_state() == before
+    assert global_state() == before
     with gw.doctor.watch(steps=1):
         for _ in range(3):
             model(torch.randn(1, 2)).sum().backward()
-    assert _global_state() == before
+    assert global_state() == before
     assert not model._forward_hooks and not model._forward_pre_hooks and not opt._optimizer_step_pre_hooks
 
 

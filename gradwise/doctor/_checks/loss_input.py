@@ -10,7 +10,7 @@ import functools
 
 import torch.nn.functional as F
 
-from gradwise._losses import CHECKED_LOSSES, REGRESSION_LOSSES, check_loss_input
+from gradwise._losses import CHECKED_LOSSES, REGRESSION_LOSSES, check_loss_input, loss_arguments
 from gradwise.doctor._checks import Check
 from gradwise.doctor._provenance import OpEvent
 
@@ -24,8 +24,7 @@ class LossInput(Check):
 
     def on_op(self, event: OpEvent) -> None:
         args, kwargs = event.args, event.kwargs
-        inp = args[0] if args else kwargs.get("input")
-        target = args[1] if len(args) > 1 else kwargs.get("target")
+        inp, target = loss_arguments(args, kwargs)
         if inp is None:
             return
         if event.op in REGRESSION_LOSSES and not event.grad_enabled:

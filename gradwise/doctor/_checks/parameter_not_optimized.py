@@ -21,7 +21,7 @@ construction of the optimizer that stepped after them (or that they belong in).
 
 from __future__ import annotations
 
-from gradwise._losses import LOSS_MODULES
+from gradwise._losses import LOSS_MODULES, loss_arguments
 from gradwise.doctor._checks import BackwardEvent, Check, StepEvent, nonzero_counts
 from gradwise.doctor._provenance import OpEvent
 
@@ -48,9 +48,8 @@ class ParameterNotOptimized(Check):
         self.as_target: set = set()  # params behind a loss's target
 
     def on_op(self, event: OpEvent) -> None:
-        args, kwargs, info = event.args, event.kwargs, self.doctor.provenance.info
-        inp = info(args[0] if args else kwargs.get("input"))
-        target = info(args[1] if len(args) > 1 else kwargs.get("target"))
+        info = self.doctor.provenance.info
+        inp, target = (info(t) for t in loss_arguments(event.args, event.kwargs))
         if inp is not None:
             self.as_input |= inp.prov
         if target is not None:

@@ -1,0 +1,30 @@
+"""What the doctor may touch while it watches, read from PyTorch and the standard library
+themselves: a test compares it before and after a watch to show nothing was left behind."""
+
+from __future__ import annotations
+
+import multiprocessing.process
+import warnings
+
+import torch
+
+__all__ = ["global_state"]
+
+
+def global_state() -> tuple:
+    """Global module and optimizer hooks, the patched functions, the TorchFunctionMode stack
+    and the warning filters."""
+    from torch.nn.modules import module as m
+    from torch.optim import optimizer as o
+
+    return (
+        len(m._global_forward_pre_hooks),
+        len(m._global_forward_hooks),
+        len(o._global_optimizer_pre_hooks),
+        len(o._global_optimizer_post_hooks),
+        torch.optim.Optimizer.__init__,
+        torch.from_numpy,
+        multiprocessing.process.BaseProcess.start,
+        torch._C._len_torch_function_stack(),
+        list(warnings.filters),
+    )
