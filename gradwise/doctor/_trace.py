@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import ast
 import functools
-import inspect
 import linecache
 import sys
-import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,21 +238,24 @@ def creation_site(root: nn.Module, qualname: str) -> Site | None:
     return found
 
 
+def _body_line(code) -> int:
+    """A line inside the body of the function compiled to ``code``."""
+    lines = [line for _, _, line in code.co_lines() if line is not None and line > code.co_firstlineno]
+    return min(lines) if lines else code.co_firstlineno
+
+
 def _assignment_in_init(cls: type, attr: str) -> Site | None:
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
         if init is None:
             continue
-        try:
-            source_lines, start = inspect.getsourcelines(init)
-            filename = inspect.getsourcefile(init)
-        except (OSError, TypeError):
-            continue
+        code = getattr(init, "__code__", None)
+        filename = None if code is None else code.co_filename
         if not filename or is_library(filename) or "site-packages" in filename:
             continue
-        try:
-            tree = ast.parse(textwrap.dedent("".join(source_lines)))
-        except SyntaxError:
+        # the __init__ in the parsed file (co_firstlineno is its first decorator's line, if any)
+        tree = enclosing_function(Site(filename, _body_line(code)))
+        if tree is None or tree.name != "__init__":
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Assign):
@@ -271,7 +272,7 @@ def _assignment_in_init(cls: type, attr: str) -> Site | None:
                         and isinstance(t.value, ast.Name)
                         and t.value.id == "self"
                     ):
-                        return Site(filename, start + node.lineno - 1)
+                        return Site(filename, node.lineno)
             # self.register_parameter("name", ...) / setattr(self, "name", ...)
         for node in ast.walk(tree):
             if (
@@ -282,5 +283,5 @@ def _assignment_in_init(cls: type, attr: str) -> Site | None:
                 and isinstance(node.args[0], ast.Constant)
                 and node.args[0].value == attr
             ):
-                return Site(filename, start + node.lineno - 1)
+                return Site(filename, node.lineno)
     return None
