@@ -63,6 +63,7 @@ class Param:
     model: Any = None  # the ModelRecord of the outermost model called with it, if any
     qualname: str | None = None  # its name in that model
     named: bool = False  # whether a variable name was looked for
+    made_at: Any = None  # the Site that constructed the layer holding it (nn.Linear(...)), if known
 
     def tensor(self) -> torch.Tensor | None:
         return self.ref()
@@ -176,6 +177,10 @@ class Provenance:
     def known(self, t: torch.Tensor) -> Param | None:
         return self.params.get(t)
 
+    def param_of_alias(self, t: torch.Tensor) -> Param | None:
+        """The parameter whose ``.data`` ``t`` is, if it is one."""
+        return self._data_of.get(t)
+
     def info(self, t: Any) -> TensorInfo | None:
         return self.infos.get(t) if isinstance(t, torch.Tensor) else None
 
@@ -231,7 +236,7 @@ class Provenance:
                         self.used.add(record)
                     prov.add(record)
                     grad_prov.add(record)
-                elif history is not None and history is not _UNREADABLE:  # history from before the watch: stale?
+                elif history is not None and history is not UNREADABLE:  # history from before the watch: stale?
                     self.stale_uses.append(StaleUse(None, [], (), weakref.ref(t)))
                 continue
             forms.append(info.form)
@@ -240,7 +245,7 @@ class Provenance:
             zeros |= info.zeros
             if t.requires_grad:
                 grad_prov |= info.prov
-                if info.step < step and grad_fn(t) not in (None, _UNREADABLE):
+                if info.step < step and grad_fn(t) not in (None, UNREADABLE):
                     from gradwise.doctor._trace import user_stack
 
                     self.stale_uses.append(StaleUse(info.site, user_stack(), tuple(info.prov), None))
@@ -313,7 +318,7 @@ class Provenance:
                         self._data_of[o] = source
 
 
-_UNREADABLE = object()
+UNREADABLE = object()
 _IMPLICIT = frozenset({"integer", "boolean"})
 
 
@@ -340,7 +345,7 @@ def grad_fn(t: torch.Tensor) -> Any:
     try:
         return t.grad_fn
     except RuntimeError:
-        return _UNREADABLE
+        return UNREADABLE
 
 
 def _cut_reason(op: str, o: torch.Tensor, grad_enabled: bool) -> str:

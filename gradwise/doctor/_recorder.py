@@ -97,6 +97,10 @@ class Recorder(TorchFunctionMode):
         except Exception as exc:
             doctor.fault(f"operation {name}", exc)
             return out
+        try:
+            doctor.stats.on_op(event)
+        except Exception as exc:
+            doctor.fault(f"numerics of {name}", exc)
         self._dispatch(doctor.subscribers.get(op, ()), event)
         if mutated is not None:
             self._dispatch(doctor.inplace_subscribers, event)

@@ -28,7 +28,8 @@ from gradwise.doctor._checks import CHECKS, INPLACE, BackwardEvent, Check, StepE
 from gradwise.doctor._findings import Finding
 from gradwise.doctor._provenance import OpEvent, Param, Provenance
 from gradwise.doctor._recorder import Recorder
-from gradwise.doctor._trace import Site, locate, user_site, variable_name
+from gradwise.doctor._stats import Stats
+from gradwise.doctor._trace import Site, creation_site, locate, user_site, variable_name
 from gradwise.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["Doctor", "ModelRecord", "OptimizerRecord", "StopWatching", "diagnose", "watch"]
@@ -146,6 +147,9 @@ class Doctor:
         self.grad_inputs: set[Param] = set()  # leaves passed to torch.autograd.grad as inputs
         self.called_modules: weakref.WeakSet = weakref.WeakSet()
         self._depth = 0
+        self.module_stack: list[nn.Module] = []  # the modules running now, innermost last
+        self._made_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # torch module -> its user line
+        self.stats = Stats(self)
         self._closures: list[OptimizerRecord] = []
         self.inst = Instrumentation(on_fault=self.fault)
         self.checks: list[Check] = [cls(self) for cls in CHECKS]
@@ -315,6 +319,8 @@ class Doctor:
         for qualname, t in inner.named_parameters():
             p = self.provenance.param(t)
             p.model, p.qualname = rec, qualname
+            owner = inner.get_submodule(qualname.rsplit(".", 1)[0]) if "." in qualname else inner
+            p.made_at = self._made_at.get(owner) or p.made_at
             rec.params.append(p)
         self.models.append(rec)
 
@@ -326,10 +332,14 @@ class Doctor:
         if self._depth == 0:
             self._add_model(module)
         self._depth += 1
+        self.module_stack.append(module)
         self.provenance.in_forward = True
 
     def _forward_post(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._depth = max(0, self._depth - 1)
+        while self.module_stack:  # a module whose forward raised never reached its post hook
+            if self.module_stack.pop() is module:
+                break
         self.provenance.in_forward = self._depth > 0
 
     def _optimizer_record(self, optimizer: Any, site: Site | None) -> OptimizerRecord:
@@ -362,6 +372,7 @@ class Doctor:
         closure = args[1] if len(args) > 1 else kwargs.get("closure")
         event = StepEvent(rec, rec.step_site, self.steps, params, closure is not None)
         rec.pending = event
+        self._stats("before_step", event)
         self._dispatch("before_step", event)
         if not callable(closure):
             return None
@@ -384,11 +395,20 @@ class Doctor:
         rec = self._optimizer_record(optimizer, None)
         event = rec.pending or StepEvent(rec, rec.step_site, self.steps, self._params_of(optimizer), False)
         rec.pending = None
+        self._stats("after_step", event)
         self._dispatch("after_step", event)
         rec.steps += 1
         rec.last_step_at = self.steps
 
     # --- steps ----------------------------------------------------------------------------------
+
+    def _stats(self, method: str, *args: Any) -> bool:
+        try:
+            getattr(self.stats, method)(*args)
+            return True
+        except Exception as exc:
+            self.fault(f"numerics ({method})", exc)
+            return False
 
     def _dispatch(self, method: str, *args: Any) -> None:
         for check in self.checks:
@@ -414,10 +434,13 @@ class Doctor:
                 self.fault("backward (before)", exc)
                 self.steps += 1
                 return func(*args, **kwargs)
+            self._stats("before_backward", event)
             self._dispatch("before_backward", event)
             try:
                 result = func(*args, **kwargs)
             except Exception as exc:
+                self._stats("end_backward")
+                self._stats("next_step")
                 self.reached |= event.reached  # what it would have reached: its failure is another finding
                 self._dispatch("on_backward_error", event, exc)
                 self.steps += 1
@@ -428,7 +451,9 @@ class Doctor:
             except Exception as exc:
                 self.fault("backward (after)", exc)
             self.reached |= event.reached
+            event.numbers = self.stats.history[-1] if self._stats("after_backward", event) else None
             self._dispatch("after_backward", event)
+            self._stats("next_step")
             self.steps += 1
         return result
 
@@ -477,12 +502,36 @@ class Doctor:
         if self.done:
             return
         rewrapped = self.provenance.rewrap(array, self.steps)
+        site, _ = locate()
+        event = OpEvent("torch.from_numpy", "from_numpy", site, (array,), {}, [], out, [out], None, self.steps, True)
         if rewrapped is not None:
-            site, _ = locate()
-            event = OpEvent(
-                "torch.from_numpy", "from_numpy", site, (array,), {}, [], out, [out], None, self.steps, True
-            )
             self.provenance.observe(event, rewrapped)
+        self.stats.on_op(event)
+
+    def _scaled(self, out: Any, scaler: Any, outputs: Any, *args: Any, **kwargs: Any) -> None:
+        """``GradScaler.scale(loss)``: its backward's infinite gradients are the scaler's to handle."""
+        if isinstance(out, torch.Tensor) and isinstance(outputs, torch.Tensor):
+            self.stats.scaled[out] = outputs
+
+    def _module_made(self, result: Any, module: Any, *args: Any, **kwargs: Any) -> None:
+        if not self.done and type(module).__module__.startswith("torch."):
+            self._made_at.setdefault(module, user_site())  # the innermost call: nn.Linear(...) itself
+
+    def construction_site(self, module: nn.Module) -> Site | None:
+        """Where a module was made: the user line that constructed a torch layer
+        (``nn.Linear(...)``, also inside a list or an ``nn.Sequential(...)`` spanning lines),
+        else the ``self.name = ...`` line of its owner's ``__init__``."""
+        site = self._made_at.get(module)
+        if site is not None:
+            return site
+        for model in self.models:
+            root = model.module()
+            if root is None:
+                continue
+            for qualname, sub in root.named_modules():
+                if sub is module and qualname:
+                    return creation_site(root, qualname)
+        return None
 
     def _process_started(self, result: Any, *args: Any, **kwargs: Any) -> None:
         self.child_processes += 1
@@ -504,6 +553,8 @@ class Doctor:
             inst.optimizer_step_post(self._step_post)
             inst.optimizer_created(self._optimizer_created)
             inst.wrap(torch, "from_numpy", self._from_numpy)
+            inst.wrap(torch.amp.GradScaler, "scale", self._scaled)
+            inst.wrap(nn.Module, "__init__", self._module_made)
             inst.wrap(multiprocessing.process.BaseProcess, "start", self._process_started)
             inst.enter(Recorder(self))
         except BaseException:

@@ -24,6 +24,8 @@ def global_state() -> tuple:
         len(o._global_optimizer_post_hooks),
         torch.optim.Optimizer.__init__,
         torch.from_numpy,
+        torch.amp.GradScaler.scale,
+        torch.nn.Module.__init__,
         multiprocessing.process.BaseProcess.start,
         torch._C._len_torch_function_stack(),
         list(warnings.filters),

@@ -19,6 +19,7 @@ import torch
 
 if TYPE_CHECKING:
     from gradwise.doctor._provenance import OpEvent, Param, TensorInfo
+    from gradwise.doctor._stats import StepNumbers
     from gradwise.doctor._trace import Site
     from gradwise.doctor._watch import Doctor, OptimizerRecord
 
@@ -43,6 +44,8 @@ class BackwardEvent:
         unseen: parameters in the roots' values that the graph walk does not reach.
         late: those of ``unseen`` whose gradient the backward changed all the same (a
             reentrant checkpoint recomputes its block during backward); set after it ran.
+        numbers: the norms and activation figures read after it ran
+            (:class:`~gradwise.doctor._stats.StepNumbers`).
     """
 
     step: int
@@ -53,6 +56,7 @@ class BackwardEvent:
     closure: OptimizerRecord | None = None
     unseen: set[Param] = field(default_factory=set)
     late: set[Param] = field(default_factory=set)
+    numbers: StepNumbers | None = None
     _fresh: set[Param] | None = field(default=None, repr=False)
 
     @property
