@@ -41,6 +41,16 @@ MUST_NOT_FLAG = {
     "fgsm_adversarial_training": "x.clone().requires_grad_(True), backward, x_adv.grad.sign(), then zero_grad",
     "numpy_metrics": "NumPy data via torch.from_numpy, metrics from logits.detach().cpu().numpy()",
     "two_optimizers_one_model": "two optimizers partitioning one model's parameters",
+    "masked_attention_padding": "-inf padding mask before a softmax that stays finite",
+    "safe_where_sqrt": "sqrt in torch.where with the argument clamped inside both branches",
+    "mixture_logsumexp_inf": "logsumexp over components some of which are at log-weight -inf",
+    "nan_metric_not_in_loss": "a NaN metric under no_grad that never reaches the loss",
+    "bf16_autocast": "bfloat16 autocast, finite throughout",
+    "nan_to_num_features": "NaN data made 0 by nan_to_num before the model",
+    "leaky_relu_negative_bias": "LeakyReLU with a negative bias init (cannot die)",
+    "sparse_relu_mlp": "deep Kaiming ReLU MLP with normal sparsity",
+    "deep_residual_layernorm": "12 pre-norm residual blocks: no vanishing gradient",
+    "deep_cnn_batchnorm": "deep BatchNorm CNN with a tiny learning rate: healthy gradients",
 }
 PLAIN_CLEAN = ["mlp_cross_entropy", "small_cnn", "mse_regression", "embedding", "lr_scheduler"]
 MIN_SCRIPTS_PER_KIND = {kind: 2 for kind in KINDS} | {"graph-break": 3, "loss-input": 3}
