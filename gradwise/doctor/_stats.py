@@ -4,7 +4,7 @@ What the numerics checks (``non-finite``, ``exploding-gradient``, ``vanishing-gr
 ``dead-units``) judge, gathered in one place so that each value is computed once:
 
 - every recorded operation with a floating output leaves an :class:`OpRecord`: a sum of its
-  outputs (finite exactly when they are, up to float32 overflow of the sum), the records its
+  outputs, in float64 (finite exactly when they are), the records its
   inputs came from (so that a non-finite loss can be followed back to where the non-finite
   values were born), and, for the operations whose values or derivatives have singular points
   (``log``, ``sqrt``, ``exp``, division, ``acos``, ...), a few counts of the inputs at
@@ -82,15 +82,21 @@ def _floating(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and t.layout == torch.strided and t.is_floating_point()
 
 
+def _wide(device: torch.device) -> torch.dtype:
+    """float64 for sums and norms (a float32 sum or norm of large finite values can overflow
+    and look non-finite), where the device has it."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _sum(t: torch.Tensor) -> torch.Tensor:
     t = t.detach()
-    return t.sum(dtype=torch.float32) if t.element_size() < 4 else t.sum()
+    return t.sum(dtype=_wide(t.device))
 
 
 def _rms(t: torch.Tensor) -> torch.Tensor:
     t = t.detach()
     n = max(t.numel(), 1)
-    return torch.linalg.vector_norm(t, dtype=torch.float32) / math.sqrt(n)
+    return torch.linalg.vector_norm(t, dtype=_wide(t.device)) / math.sqrt(n)
 
 
 def _arg(args: tuple, kwargs: dict, i: int, name: str) -> Any:
@@ -195,8 +201,8 @@ class UpdateRecord:
     optimizer: OptimizerRecord
     step: int
     params: list
-    norms: torch.Tensor | None  # [2, n] on the device: update norms, weight norms before the step
-    values: list | None = None  # read: [(update, weight)] per parameter
+    norms: torch.Tensor | None  # [3, n] on the device: update, weight before the step, gradient at the step
+    values: list | None = None  # read: [(update, weight, gradient)] per parameter
 
 
 @dataclass
@@ -282,6 +288,11 @@ class Stats:
         self.producer[t] = rec.index
         return rec.index
 
+    def _became_param(self, t: torch.Tensor) -> bool:
+        """Whether a leaf last recorded as something else (a layer's weight written by its
+        default init before its model was known) is now a known parameter."""
+        return grad_fn(t) is None and self.doctor.provenance.known(t) is not None
+
     def on_op(self, ev: OpEvent) -> None:
         outs = [o for o in ev.outputs if _floating(o)]
         mutated = ev.mutated
@@ -296,7 +307,7 @@ class Stats:
             if not _floating(t):
                 continue
             idx = producer.get(t)
-            if idx is None:
+            if idx is None or (t.requires_grad and self.ops[idx].param is None and self._became_param(t)):
                 idx = self._source(t, ev.site)
             inputs.append(idx)
             refs.append(weakref.ref(t))
@@ -405,7 +416,7 @@ class Stats:
         self.loss_finite, self.loss_value = True, None
         if roots:
             losses = [self.root_loss(r).detach() for r in roots]
-            total = sum(loss.sum().cpu().to(torch.float64) for loss in losses)
+            total = sum(_sum(loss).cpu().to(torch.float64) for loss in losses)
             value = float(total)
             self.loss_value = value
             self.loss_finite = math.isfinite(value)
@@ -463,12 +474,12 @@ class Stats:
         parts, names = [], []
         for members in groups.values():
             ts = [t for _, t in members]
-            parts.append(torch.stack(torch._foreach_norm([t.grad.detach() for t in ts], 2, dtype=torch.float32)))
-            parts.append(torch.stack(torch._foreach_norm([t.detach() for t in ts], 2, dtype=torch.float32)))
+            parts.append(torch.stack(torch._foreach_norm([t.grad.detach() for t in ts], 2, dtype=_wide(ts[0].device))))
+            parts.append(torch.stack(torch._foreach_norm([t.detach() for t in ts], 2, dtype=_wide(ts[0].device))))
             names.append([p for p, _ in members])
         extras = [rms for _, rms, _ in self.gains] + [g for _, g in self.rnn] + [f for _, _, f in self.saturation]
         if extras:
-            parts.append(torch.stack([e.to(torch.float32).reshape(()).to(extras[0].device) for e in extras]))
+            parts.append(torch.stack([e.to(_wide(extras[0].device)).reshape(()).to(extras[0].device) for e in extras]))
         values = read(parts)
         grads, weights = {}, {}
         for k, members in enumerate(names):
@@ -508,7 +519,7 @@ class Stats:
         """The sum of each record's outputs (finite exactly when they are; NaN when they hold a
         NaN), with one transfer per device."""
         index: list[int] = [i for i, s in enumerate(self.sums) if s is not None]
-        values = read([self.sums[i].reshape(1) for i in index], torch.float64)
+        values = read([self.sums[i].reshape(1) for i in index])
         out: list[float | None] = [None] * len(self.sums)
         for i, v in zip(index, values, strict=True):
             out[i] = v[0]
@@ -525,7 +536,8 @@ class Stats:
             by_device[s.device].append(k)
         first = None
         for ks in by_device.values():
-            values = torch.isfinite(torch.stack([self.node_sums[k][1].to(torch.float64) for k in ks])).tolist()
+            sums = [self.node_sums[k][1] for k in ks]
+            values = torch.isfinite(torch.stack([s.to(_wide(s.device)) for s in sums])).tolist()
             bad = [k for k, v in zip(ks, values, strict=True) if not v]
             if bad and (first is None or bad[0] < first):
                 first = bad[0]
@@ -550,23 +562,34 @@ class Stats:
         if not pairs or sum(t.numel() for _, t in pairs) > _UPDATE_LIMIT:
             self._before_step.pop(event.optimizer.key, None)
             return
-        self._before_step[event.optimizer.key] = (pairs, [t.detach().clone() for _, t in pairs])
+        grads = [
+            t.grad.detach() if t.grad is not None and t.grad.layout == torch.strided else t.new_zeros(())
+            for _, t in pairs
+        ]
+        self._before_step[event.optimizer.key] = (
+            pairs,
+            [t.detach().clone() for _, t in pairs],
+            torch.stack(torch._foreach_norm(grads, 2, dtype=_wide(grads[0].device)))
+            if len({g.device for g in grads}) == 1
+            else None,
+        )
 
     def after_step(self, event: StepEvent) -> None:
         saved = self._before_step.pop(event.optimizer.key, None)
         if saved is None:
             return
-        pairs, before = saved
+        pairs, before, grads = saved
         tensors = [t.detach() for _, t in pairs]
         delta = torch._foreach_sub(tensors, before)
         norms = (
             torch.stack(
                 [
-                    torch.stack(torch._foreach_norm(delta, 2, dtype=torch.float32)),
-                    torch.stack(torch._foreach_norm(before, 2, dtype=torch.float32)),
+                    torch.stack(torch._foreach_norm(delta, 2, dtype=_wide(delta[0].device))),
+                    torch.stack(torch._foreach_norm(before, 2, dtype=_wide(before[0].device))),
+                    grads,
                 ]
             )
-            if len({t.device for t in tensors}) == 1
+            if grads is not None and len({t.device for t in tensors}) == 1
             else None
         )
         if len(self.updates) >= _HISTORY:
@@ -577,19 +600,20 @@ class Stats:
         """Every optimizer step's update norms, read (once)."""
         for u in self.updates:
             if u.values is None and u.norms is not None:
-                update, weight = u.norms.tolist()
-                u.values = list(zip(update, weight, strict=True))
+                update, weight, grad = u.norms.tolist()
+                u.values = list(zip(update, weight, grad, strict=True))
         return [u for u in self.updates if u.values is not None]
 
 
-def read(parts: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> list[list[float]]:
+def read(parts: list[torch.Tensor]) -> list[list[float]]:
     """The values of tensors as flat lists of floats, with one transfer per device."""
     by_device: dict = defaultdict(list)
     for i, t in enumerate(parts):
         by_device[t.device].append(i)
     out: list = [None] * len(parts)
     for idx in by_device.values():
-        flat = torch.cat([parts[i].reshape(-1).to(dtype) for i in idx]).tolist()
+        wide = _wide(parts[idx[0]].device)
+        flat = torch.cat([parts[i].reshape(-1).to(wide) for i in idx]).tolist()
         at = 0
         for i in idx:
             n = parts[i].numel()
