@@ -256,6 +256,13 @@ class Doctor:
         self._raw[key] = _Raw(kind, severity, message, site, list(params), fix, step, data)
         self._findings = None
 
+    def withdraw(self, kind: str) -> list[Finding]:
+        """Take back the findings of ``kind`` (a later check found their cause); returns them."""
+        taken = [f for f in self.findings if f.kind == kind]
+        self._raw = {key: raw for key, raw in self._raw.items() if raw.kind != kind}
+        self._findings = None
+        return taken
+
     def name(self, p: Param | str) -> str:
         """A parameter's name: its qualified name in its model (prefixed by the model's variable
         when several models take part), else the variable that held it."""

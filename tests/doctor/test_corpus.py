@@ -51,6 +51,9 @@ MUST_NOT_FLAG = {
     "sparse_relu_mlp": "deep Kaiming ReLU MLP with normal sparsity",
     "deep_residual_layernorm": "12 pre-norm residual blocks: no vanishing gradient",
     "deep_cnn_batchnorm": "deep BatchNorm CNN with a tiny learning rate: healthy gradients",
+    "clipped_large_gradient": "a large but stable gradient norm, clipped with clip_grad_norm_",
+    "large_scale_regression": "a loss of large scale (1e9) in steady descent",
+    "deep_kaiming_relu_sgd": "a deep Kaiming-initialised ReLU MLP trained by fast SGD",
 }
 PLAIN_CLEAN = ["mlp_cross_entropy", "small_cnn", "mse_regression", "embedding", "lr_scheduler"]
 MIN_SCRIPTS_PER_KIND = {kind: 2 for kind in KINDS} | {"graph-break": 3, "loss-input": 3}

@@ -280,3 +280,117 @@ def test_healthy_deep_relu_and_residual_nets_have_no_vanishing_gradient():
         with gw.doctor.watch() as dr:
             model(x).pow(2).mean().backward()
         assert [f for f in dr.findings if f.kind == "vanishing-gradient"] == []
+
+
+# --- exploding-gradient ------------------------------------------------------------------------
+
+
+def _wide_relu(depth=6, width=128, std=1.0):
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(depth):
+        linear = nn.Linear(width, width)
+        nn.init.normal_(linear.weight, std=std)  # normal-init
+        nn.init.zeros_(linear.bias)
+        layers += [linear, nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def test_exploding_from_the_init_reports_the_growth_of_a_plain_forward_and_the_init_line():
+    x = torch.randn(64, 128)
+    with gw.doctor.watch() as dr:
+        model = _wide_relu()  # its init runs under the watch, as in a script run by `gradwise doctor`
+        model(x).pow(2).mean().backward()
+    rms = []  # the reference: each Linear's output RMS in a plain forward
+    hooks = [m.register_forward_hook(lambda m, i, o: rms.append(o.pow(2).mean().sqrt().item())) for m in model[::2]]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    f = next(f for f in dr.findings if f.kind == "exploding-gradient")
+    assert f.severity == "error" and f.line == line_of("normal-init") and f.data["cause"] == "init"
+    assert f.data["activation_growth"] == pytest.approx(rms[-1] / rms[0], rel=1e-4)
+    assert f.data["layers"] == len(rms) - 1 and "10.weight" in f.parameters and "0.weight" not in f.parameters
+    reference = math.sqrt(sum(p.grad.pow(2).sum().item() for p in model.parameters()))
+    assert f.data["grad_norm"] == pytest.approx(reference, rel=1e-4)
+
+
+def test_a_kaiming_init_and_a_clipped_large_gradient_are_not_exploding():
+    model = _wide_relu(std=math.sqrt(2 / 128))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(64, 128)
+    with gw.doctor.watch() as dr:
+        for _ in range(3):
+            loss = (model(x) - 1000.0).pow(2).mean()  # targets of large scale: a large gradient
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+    assert serious(dr) == []
+
+
+def _diverging_regression(lr):
+    torch.manual_seed(0)
+    x = torch.randn(256, 8) * 4.0
+    y = x @ torch.randn(8, 1)
+    model = nn.Linear(8, 1)
+    return model, x, y
+
+
+def test_exploding_from_the_step_size_names_the_optimizer_with_the_norms_of_a_plain_run():
+    model, x, y = _diverging_regression(0.2)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    reference_norms, reference_losses = [], []  # the reference: the same loop, plainly
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    for _ in range(4):
+        loss = F.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        reference_norms.append(math.sqrt(sum(p.grad.pow(2).sum().item() for p in model.parameters())))
+        reference_losses.append(loss.item())
+        opt.step()
+    model.load_state_dict(state)
+    with gw.doctor.watch() as dr:
+        opt = torch.optim.SGD(model.parameters(), lr=0.2)  # the-optimizer
+        for _ in range(4):
+            loss = F.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    f = next(f for f in dr.findings if f.kind == "exploding-gradient")
+    assert f.line == line_of("the-optimizer") and f.data["cause"] == "step-size" and f.data["lr"] == [0.2]
+    assert f.data["grad_norms"] == pytest.approx(reference_norms, rel=1e-4)
+    assert f.data["losses"] == pytest.approx(reference_losses, rel=1e-4)
+    assert reference_norms[-1] > 10 * reference_norms[0] and f.data["max_update_ratio"] > 1
+    assert set(f.parameters) == {"weight", "bias"} and "lr=0.2" in f.message
+
+
+def test_a_large_loss_in_steady_descent_is_not_exploding():
+    model, x, y = _diverging_regression(0.0)
+    y = y * 1e4  # a loss of about 1e9
+    opt = torch.optim.SGD(model.parameters(), lr=0.005)  # below 2 / curvature: it converges
+    with gw.doctor.watch() as dr:
+        losses = []
+        for _ in range(5):
+            loss = F.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    assert losses[-1] < losses[0] and losses[0] > 1e8
+    assert serious(dr) == []
+
+
+def test_an_explosion_that_ends_in_nan_is_one_finding_that_says_where_the_nan_was_born():
+    model, x, y = _diverging_regression(0.0)
+    with gw.doctor.watch(steps=16) as dr:
+        opt = torch.optim.SGD(model.parameters(), lr=50.0)  # the-huge-step
+        for _ in range(16):
+            loss = F.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    kinds = [f.kind for f in dr.findings]
+    assert kinds == ["exploding-gradient"], dr.report()
+    f = dr.findings[0]
+    assert f.line == line_of("the-huge-step") and "then_non_finite" in f.data and "non-finite" in f.message

@@ -25,10 +25,24 @@ class DeadUnits(Check):
     kind = "dead-units"
     order = 16
 
+    def __init__(self, doctor):
+        super().__init__(doctor)
+        self._dead: list | None = None
+
     def finish(self) -> None:
         doctor = self.doctor
-        if doctor.check("non-finite").found:
-            return  # NaN activations are not > 0: every unit would look dead
+        if doctor.check("non-finite").found or doctor.check("exploding-gradient").found:
+            return  # NaN activations are not > 0: every unit would look dead; an explosion says it all
+        for act, cause, dead, units, mask in self.dead():
+            self._report(act, cause, dead, units, mask)
+
+    def dead(self) -> list[tuple]:
+        """The activations whose units are mostly dead: ``(record, cause, dead, units, mask)``,
+        cause ``"init"`` or ``"update"`` (computed once)."""
+        if self._dead is not None:
+            return self._dead
+        doctor = self.doctor
+        self._dead = found = []
         for act in doctor.stats.activations.values():
             if act.first is None or not act.recent or act.first.numel() < MIN_UNITS:
                 continue
@@ -43,9 +57,10 @@ class DeadUnits(Check):
             dead_recent = ~recent
             dead_always = dead_recent & ~first
             if int(dead_always.sum()) / units > DEAD_FRACTION:
-                self._report(act, "init", int(dead_always.sum()), units, dead_always)
+                found.append((act, "init", int(dead_always.sum()), units, dead_always))
             elif act.later_steps >= 2 and int(dead_recent.sum()) / units > DEAD_FRACTION:
-                self._report(act, "update", int(dead_recent.sum()), units, dead_recent)
+                found.append((act, "update", int(dead_recent.sum()), units, dead_recent))
+        return found
 
     def _report(self, act, cause: str, dead: int, units: int, dead_mask) -> None:
         doctor = self.doctor

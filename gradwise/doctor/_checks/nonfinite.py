@@ -90,6 +90,8 @@ class NonFinite(Check):
     def __init__(self, doctor):
         super().__init__(doctor)
         self.found = False
+        self.step: int | None = None  # the watched step (0-based) where it was found
+        self.in_data = False  # what it found was already in the data (no explosion makes that)
 
     # --- events -------------------------------------------------------------------------------
 
@@ -98,7 +100,7 @@ class NonFinite(Check):
             return
         stats = self.doctor.stats
         if not stats.loss_finite:
-            self.found = True
+            self.found, self.step = True, event.step
             self._forward(event)
         elif not stats.is_scaled:
             stats.hook_graph([r for r in event.roots if r.grad_fn is not None])
@@ -107,7 +109,7 @@ class NonFinite(Check):
         numbers = event.numbers
         if self.found or numbers is None or not numbers.nonfinite or numbers.scaled:
             return
-        self.found = True
+        self.found, self.step = True, event.step
         rec = self.doctor.stats.first_nonfinite_node()
         params = numbers.nonfinite
         nan = any(math.isnan(numbers.grad[p]) for p in params)
@@ -162,6 +164,7 @@ class NonFinite(Check):
             )
             return
         message, fix, extra = self._explain_forward(birth)
+        self.in_data = extra.get("subkind") == "data"
         params = [birth.param] if birth.param is not None else []
         if not params:
             info = self.doctor.provenance.info(birth.output())

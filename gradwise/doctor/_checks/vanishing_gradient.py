@@ -31,7 +31,7 @@ class VanishingGradient(Check):
 
     def finish(self) -> None:
         doctor = self.doctor
-        if doctor.check("non-finite").found:
+        if doctor.check("non-finite").found or doctor.check("exploding-gradient").found:
             return
         steps = [n for n in doctor.stats.history if not n.nonfinite and not n.scaled and n.gains]
         if not steps:
