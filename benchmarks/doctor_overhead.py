@@ -6,7 +6,9 @@ Run from the repository root::
 
 For a small CNN (B=64, 1x28x28), an MLP (4 x 512, B=256) and a small transformer encoder
 block (d=128, 4 heads, B=32, T=64): forward, cross-entropy, backward and an Adam step,
-timed with torch.utils.benchmark (median), plain and watched in the same run. The
+timed as the median step over fresh blocks of 8 steps (the length of a ``gradwise doctor``
+run: a watch is a few steps, and its first steps are its costliest), plain, under
+``detect_anomaly`` and under the doctor, in the same run. The
 doctor's cost is the recording of every torch operation in Python (a TorchFunctionMode)
 and the checks at each backward(), the numerics included (a device-side sum per operation,
 a hook per autograd node, the gradient norms read once per step); the target is at most
@@ -17,14 +19,19 @@ run for comparison.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
+import statistics
+import time
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.benchmark import Timer
 
 import gradwise as gw
+
+_STEPS = 8
 
 
 def cnn():
@@ -68,7 +75,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    min_run = 0.2 if args.quick else 1.0
+    repeats = 5 if args.quick else 25
+    warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
     print(
         f"gradwise {gw.__version__}, torch {torch.__version__}, {platform.processor() or 'cpu'}, "
         f"{torch.get_num_threads()} thread(s)\n"
@@ -88,14 +96,30 @@ def main() -> None:
             F.cross_entropy(model(x), y).backward()
             opt.step()
 
-        def timed():
-            return Timer("step()", globals={"step": step}).blocked_autorange(min_run_time=min_run).median
+        def block(under):
+            """The mean step of one block of 8 steps (the length of a `gradwise doctor` run)
+            under a fresh ``under()``, and what it returned."""
+            with under() as watching:
+                start = time.perf_counter()
+                for _ in range(_STEPS):
+                    step()
+                return (time.perf_counter() - start) / _STEPS, watching
 
-        plain = timed()
-        with torch.autograd.detect_anomaly(check_nan=True):
-            anomaly = timed()
-        with gw.doctor.watch() as dr:
-            watched = timed()
+        modes = {
+            "plain": contextlib.nullcontext,
+            "anomaly": lambda: torch.autograd.detect_anomaly(check_nan=True),
+            "doctor": gw.doctor.watch,
+        }
+        for _ in range(3):
+            step()  # warm up
+        times: dict = {mode: [] for mode in modes}
+        for _ in range(repeats):  # the three interleaved, so that drifts of the machine hit them alike
+            for mode, under in modes.items():
+                seconds, watching = block(under)
+                times[mode].append(seconds)
+                if mode == "doctor":
+                    dr = watching
+        plain, anomaly, watched = (statistics.median(times[mode]) for mode in modes)
         assert not [f for f in dr.findings if f.severity == "error"], dr.report()
         print(
             f"| {name} | {plain * 1e3:.2f} | {anomaly * 1e3:.2f} | {anomaly / plain:.2f} | {watched * 1e3:.2f} | "

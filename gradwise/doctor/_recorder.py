@@ -44,8 +44,8 @@ class Recorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         doctor = self.doctor
-        if not doctor.recording or torch.compiler.is_compiling():
-            return func(*args, **kwargs)
+        if not doctor.recording or doctor.in_optimizer or torch.compiler.is_compiling():
+            return func(*args, **kwargs)  # an optimizer's own arithmetic is not the user's
         try:
             name, op = op_names(func)
         except Exception as exc:

@@ -3,8 +3,8 @@
 What the numerics checks (``non-finite``, ``exploding-gradient``, ``vanishing-gradient``,
 ``dead-units``) judge, gathered in one place so that each value is computed once:
 
-- every recorded operation with a floating output leaves an :class:`OpRecord`: a sum of its
-  outputs, in float64 (finite exactly when they are), the records its
+- every recorded operation with a floating output leaves an :class:`OpRecord`: the smallest
+  and largest of its outputs (finite exactly when they are; no overflow), the records its
   inputs came from (so that a non-finite loss can be followed back to where the non-finite
   values were born), and, for the operations whose values or derivatives have singular points
   (``log``, ``sqrt``, ``exp``, division, ``acos``, ...), a few counts of the inputs at
@@ -12,14 +12,14 @@ What the numerics checks (``non-finite``, ``exploding-gradient``, ``vanishing-gr
 - the scale (RMS) of the output of every linear map applied to a parameter (the chain of
   activation scales through the layers), the saturated fraction of every ``sigmoid``/``tanh``
   output, and which units of every ReLU-family call were active for some sample;
-- during a watched ``backward()``, a hook on each autograd node adds up the gradients it
-  produced, in execution order (the first node that produced a non-finite gradient from
+- during a watched ``backward()``, a hook on each autograd node takes the extremes of the
+  gradients it produced, in execution order (the first node that produced a non-finite gradient from
   finite ones is where a backward NaN was born);
 - after it, the gradient and weight norms of the parameters it reached (``torch._foreach_norm``,
   one host transfer per device); around each optimizer step, the norm of the update.
 
-The loss is read before the backward (one transfer); the per-operation sums are read only
-when the loss is not finite, the node sums only when a gradient is not.
+The loss is read before the backward (one transfer); the per-operation extremes are read only
+when the loss is not finite, the node extremes only when a gradient is not.
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ _NORMS = frozenset({"batch_norm", "instance_norm", "group_norm", "conv1d", "conv
 _DIVISIONS = frozenset({"div", "true_divide", "__truediv__", "divide", "__rtruediv__", "reciprocal", "__itruediv__"})
 _HISTORY = 256  # steps kept (the first quarter and the latest)
 _UPDATE_LIMIT = 1 << 26  # parameters' elements above which update norms are not measured (a copy of each)
+_DENSE = 16  # each optimizer's first steps whose updates are all measured; then one in _SPARSE
+_SPARSE = 8
+
+
+def _dense(steps: int) -> bool:
+    """Whether an optimizer's step (with ``steps`` before it) has its update measured: the first
+    ``_DENSE`` (a watch is a few steps: all of them), then one in ``_SPARSE`` (a copy of the
+    parameters per step is the costliest figure of a long watch)."""
+    return steps < _DENSE or steps % _SPARSE == 0
 
 
 def _called_by_torch() -> bool:
@@ -83,20 +92,53 @@ def _floating(t: Any) -> bool:
 
 
 def _wide(device: torch.device) -> torch.dtype:
-    """float64 for sums and norms (a float32 sum or norm of large finite values can overflow
-    and look non-finite), where the device has it."""
+    """float64 where the device has it: for the loss and for the norms a float32 one overflowed."""
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _sum(t: torch.Tensor) -> torch.Tensor:
+def _probe(t: torch.Tensor) -> torch.Tensor | None:
+    """The smallest and largest element of ``t`` (finite exactly when every element is: min and
+    max propagate NaN, and unlike a sum they cannot overflow), on the device."""
     t = t.detach()
-    return t.sum(dtype=_wide(t.device))
+    if t.numel() == 0:
+        return None
+    return torch.stack(torch.aminmax(t))
+
+
+def _norms(tensors: list[torch.Tensor], wide: bool = False) -> torch.Tensor:
+    """The 2-norms of ``tensors`` in one batched call, in float32 (a float32 norm is 10x cheaper
+    than a float64 one on a CPU; where one overflows, ``wide`` computes it again in float64)."""
+    dtype = _wide(tensors[0].device) if wide else torch.float32
+    return torch.stack(torch._foreach_norm(tensors, 2, dtype=dtype))
+
+
+# autograd nodes that pass gradients through unchanged (views, transposes, copies)
+_VIEW_NODES = frozenset(
+    {"TBackward0", "ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0", "PermuteBackward0"}
+    | {"TransposeBackward0", "TransposeBackward1", "UnsqueezeBackward0", "SqueezeBackward0", "SqueezeBackward1"}
+    | {"SqueezeBackward2", "AliasBackward0", "CloneBackward0", "ExpandBackward0", "SelectBackward0"}
+    | {"SliceBackward0", "AsStridedBackward0", "ToCopyBackward0"}
+)
+
+
+def _through_views(node: Any) -> Any:
+    """The first node below ``node`` that is not a view (None past the graph's end)."""
+    while node is not None and type(node).__name__ in _VIEW_NODES and len(node.next_functions) == 1:
+        node = node.next_functions[0][0]
+    return node
+
+
+def _merge(probes: list) -> torch.Tensor | None:
+    probes = [p for p in probes if p is not None]
+    if not probes:
+        return None
+    return probes[0] if len(probes) == 1 else torch.cat([p.to(probes[0].dtype) for p in probes])
 
 
 def _rms(t: torch.Tensor) -> torch.Tensor:
     t = t.detach()
     n = max(t.numel(), 1)
-    return torch.linalg.vector_norm(t, dtype=_wide(t.device)) / math.sqrt(n)
+    return torch.linalg.vector_norm(t, dtype=torch.float32) / math.sqrt(n)
 
 
 def _arg(args: tuple, kwargs: dict, i: int, name: str) -> Any:
@@ -232,8 +274,10 @@ class Stats:
         self.init_sites: dict = {}  # Param -> Site of the last in-place write of a parameter outside a step
         self.scaled = WeakTensorKeyDictionary()  # GradScaler.scale(loss) -> loss
         self.node_sums: list = []
+        self.producers: dict = {}
         self._hooks: list = []
         self._before_step: dict = {}
+        self._buffers: dict = {}  # optimizer key -> tensors the parameters are copied into before a step
         self.loss_finite = True
         self.loss_value: float | None = None
         self.grads_finite = True
@@ -270,11 +314,7 @@ class Stats:
             **extra,
         )
         self.ops.append(rec)
-        total = None
-        for o in outs:
-            s = _sum(o)
-            total = s if total is None else total + s.to(total.dtype)
-        self.sums.append(total)
+        self.sums.append(_merge([_probe(o) for o in outs]))
         return rec
 
     def _source(self, t: torch.Tensor, site) -> int:
@@ -388,8 +428,8 @@ class Stats:
             made = None if module is None else self.doctor.construction_site(module)
             act = ActivationRecord(ev.site, None if module is None else weakref.ref(module), rec.layer, made)
             self.activations[key] = act
-        positive = o > 0
-        active = positive.any(0) if o.dim() == 2 else positive.movedim(unit, 0).reshape(units, -1).any(1)
+        # a unit is active when its largest output over the batch (and positions) is > 0: one reduction
+        active = o.amax(dim=tuple(d for d in range(o.dim()) if d != unit)) > 0
         step = self.doctor.steps
         if act.first is None or act.first_step == step:
             act.first = active if act.first is None else act.first | active
@@ -416,27 +456,35 @@ class Stats:
         self.loss_finite, self.loss_value = True, None
         if roots:
             losses = [self.root_loss(r).detach() for r in roots]
-            total = sum(_sum(loss).cpu().to(torch.float64) for loss in losses)
+            total = sum(loss.sum(dtype=_wide(loss.device)).cpu().to(torch.float64) for loss in losses)
             value = float(total)
             self.loss_value = value
             self.loss_finite = math.isfinite(value)
 
     def hook_graph(self, roots: list[torch.Tensor]) -> None:
-        """Add up the gradients each node of the graph below ``roots`` produces during this
-        backward, in execution order (removed when it ends)."""
+        """Take the extremes of the gradients each node of the graph below ``roots`` produces
+        during this backward, in execution order (removed when it ends). Views pass gradients
+        through unchanged and are not hooked; a parameter's gradient is not probed here (its
+        norm, read after the backward, says whether it is finite), only the node that made it
+        is remembered (``producers``)."""
         self.node_sums = []
+        self.producers = producers = defaultdict(list)  # id(parameter) -> indices of the nodes that made its grad
         sums = self.node_sums
         ids = self.node_ids
 
-        def make(index: int):
+        def make(index: int, probed: tuple[int, ...]):
             def hook(grad_inputs, grad_outputs):
-                total = None
-                for g in grad_inputs:
-                    if isinstance(g, torch.Tensor) and g.layout == torch.strided and g.is_floating_point():
-                        s = _sum(g)
-                        total = s if total is None else total + s.to(total.dtype)
-                if total is not None:
-                    sums.append((index, total))
+                total = _merge(
+                    [
+                        _probe(g)
+                        for i, g in enumerate(grad_inputs)
+                        if i in probed
+                        and isinstance(g, torch.Tensor)
+                        and g.layout == torch.strided
+                        and g.is_floating_point()
+                    ]
+                )
+                sums.append((index, total))  # None: ran, nothing probed (its order still counts)
 
             return hook
 
@@ -450,8 +498,16 @@ class Stats:
             index = len(ids)
             ids.append(id(node))
             self.parents[id(node)] = parent
-            if type(node).__name__ != "AccumulateGrad":
-                self._hooks.append(node.register_hook(make(index)))
+            name = type(node).__name__
+            if name != "AccumulateGrad" and name not in _VIEW_NODES:
+                probed = []
+                for i, (n, _) in enumerate(node.next_functions):
+                    leaf = _through_views(n)
+                    if leaf is not None and type(leaf).__name__ == "AccumulateGrad":
+                        producers[id(leaf.variable)].append(index)
+                    else:
+                        probed.append(i)
+                self._hooks.append(node.register_hook(make(index, tuple(probed))))
             stack.extend((n, id(node)) for n, _ in node.next_functions)
 
     def end_backward(self) -> None:
@@ -474,13 +530,20 @@ class Stats:
         parts, names = [], []
         for members in groups.values():
             ts = [t for _, t in members]
-            parts.append(torch.stack(torch._foreach_norm([t.grad.detach() for t in ts], 2, dtype=_wide(ts[0].device))))
-            parts.append(torch.stack(torch._foreach_norm([t.detach() for t in ts], 2, dtype=_wide(ts[0].device))))
+            parts.append(_norms([t.grad.detach() for t in ts]))
+            parts.append(_norms([t.detach() for t in ts]))
             names.append([p for p, _ in members])
         extras = [rms for _, rms, _ in self.gains] + [g for _, g in self.rnn] + [f for _, _, f in self.saturation]
         if extras:
-            parts.append(torch.stack([e.to(_wide(extras[0].device)).reshape(()).to(extras[0].device) for e in extras]))
+            parts.append(torch.stack([e.to(torch.float32).reshape(()).to(extras[0].device) for e in extras]))
         values = read(parts)
+        for k, members in enumerate(groups.values()):  # a float32 norm overflows above ~1.8e19: again, in float64
+            for row, tensors in ((2 * k, [t.grad for _, t in members]), (2 * k + 1, [t for _, t in members])):
+                over = [i for i, v in enumerate(values[row]) if math.isinf(v)]
+                if over:
+                    again = read([_norms([tensors[i].detach() for i in over], wide=True)])[0]
+                    for i, v in zip(over, again, strict=True):
+                        values[row][i] = v
         grads, weights = {}, {}
         for k, members in enumerate(names):
             for p, g, w in zip(members, values[2 * k], values[2 * k + 1], strict=True):
@@ -516,31 +579,38 @@ class Stats:
     # --- tracing back -----------------------------------------------------------------------
 
     def op_values(self) -> list[float | None]:
-        """The sum of each record's outputs (finite exactly when they are; NaN when they hold a
-        NaN), with one transfer per device."""
+        """For each record, its output's element of largest size (finite exactly when they all
+        are; NaN when they hold a NaN), with one transfer per device."""
         index: list[int] = [i for i, s in enumerate(self.sums) if s is not None]
-        values = read([self.sums[i].reshape(1) for i in index])
+        values = read([self.sums[i] for i in index])
         out: list[float | None] = [None] * len(self.sums)
         for i, v in zip(index, values, strict=True):
-            out[i] = v[0]
+            out[i] = math.nan if any(math.isnan(x) for x in v) else max(v, key=abs)
         return out
 
-    def first_nonfinite_node(self) -> OpRecord | None:
+    def first_nonfinite_node(self, params=()) -> OpRecord | None:
         """The record of the forward operation whose backward produced the first non-finite
         gradient (in execution order): that node's own operation, or the nearest recorded one
-        above it (an operation made of several nodes)."""
+        above it (an operation made of several nodes). ``params``: the parameters whose
+        gradient is not finite (the nodes that made their gradients are candidates too)."""
         if not self.node_sums:
             return None
+        position = {index: k for k, (index, _) in enumerate(self.node_sums)}
         by_device: dict = defaultdict(list)
         for k, (_, s) in enumerate(self.node_sums):
-            by_device[s.device].append(k)
+            if s is not None:
+                by_device[s.device].append(k)
         first = None
         for ks in by_device.values():
-            sums = [self.node_sums[k][1] for k in ks]
-            values = torch.isfinite(torch.stack([s.to(_wide(s.device)) for s in sums])).tolist()
+            values = torch.stack([torch.isfinite(self.node_sums[k][1]).all() for k in ks]).tolist()
             bad = [k for k, v in zip(ks, values, strict=True) if not v]
             if bad and (first is None or bad[0] < first):
                 first = bad[0]
+        for p in params:
+            t = p.tensor()
+            made = [position[i] for i in self.producers.get(id(t), ()) if i in position] if t is not None else []
+            if made and (first is None or min(made) < first):
+                first = min(made)
         if first is None:
             return None
         node_id = self.node_ids[self.node_sums[first][0]]
@@ -555,46 +625,50 @@ class Stats:
     # --- optimizer steps --------------------------------------------------------------------
 
     def before_step(self, event: StepEvent) -> None:
+        """Copy the parameters into a buffer kept for the optimizer (allocated once: a fresh
+        copy at every step costs ten times more), and take the gradients' and weights' norms."""
+        key = event.optimizer.key
         tensors = [p.tensor() for p in event.params]
         pairs = [
             (p, t) for p, t in zip(event.params, tensors, strict=True) if t is not None and t.layout == torch.strided
         ]
-        if not pairs or sum(t.numel() for _, t in pairs) > _UPDATE_LIMIT:
-            self._before_step.pop(event.optimizer.key, None)
+        if (
+            not pairs
+            or sum(t.numel() for _, t in pairs) > _UPDATE_LIMIT
+            or not _dense(event.optimizer.steps)
+            or len({t.device for _, t in pairs}) > 1
+        ):
+            self._before_step.pop(key, None)
             return
+        values = [t.detach() for _, t in pairs]
+        buffer = self._buffers.get(key)
+        if buffer is None or [(b.shape, b.dtype, b.device) for b in buffer] != [
+            (v.shape, v.dtype, v.device) for v in values
+        ]:
+            buffer = self._buffers[key] = [torch.empty_like(v) for v in values]
+        torch._foreach_copy_(buffer, values)
         grads = [
             t.grad.detach() if t.grad is not None and t.grad.layout == torch.strided else t.new_zeros(())
-            for _, t in pairs
+            for t in values
         ]
-        self._before_step[event.optimizer.key] = (
-            pairs,
-            [t.detach().clone() for _, t in pairs],
-            torch.stack(torch._foreach_norm(grads, 2, dtype=_wide(grads[0].device)))
-            if len({g.device for g in grads}) == 1
-            else None,
-        )
+        self._before_step[key] = (pairs, buffer, _norms(values + grads))
 
     def after_step(self, event: StepEvent) -> None:
         saved = self._before_step.pop(event.optimizer.key, None)
         if saved is None:
             return
-        pairs, before, grads = saved
-        tensors = [t.detach() for _, t in pairs]
-        delta = torch._foreach_sub(tensors, before)
-        norms = (
-            torch.stack(
-                [
-                    torch.stack(torch._foreach_norm(delta, 2, dtype=_wide(delta[0].device))),
-                    torch.stack(torch._foreach_norm(before, 2, dtype=_wide(before[0].device))),
-                    grads,
-                ]
-            )
-            if grads is not None and len({t.device for t in tensors}) == 1
-            else None
-        )
+        pairs, buffer, before = saved
+        torch._foreach_sub_(buffer, [t.detach() for _, t in pairs])  # in place: before - after = -update
+        n = len(pairs)
+        norms = torch.stack([_norms(buffer), before[:n], before[n:]])
         if len(self.updates) >= _HISTORY:
             del self.updates[_HISTORY // 4]
         self.updates.append(UpdateRecord(event.optimizer, event.step, [p for p, _ in pairs], norms))
+
+    def release(self) -> None:
+        """Free the parameters' copies (the watch ended)."""
+        self._buffers.clear()
+        self._before_step.clear()
 
     def read_updates(self) -> list[UpdateRecord]:
         """Every optimizer step's update norms, read (once)."""

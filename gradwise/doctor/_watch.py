@@ -151,6 +151,9 @@ class Doctor:
         self._made_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # torch module -> its user line
         self.stats = Stats(self)
         self._closures: list[OptimizerRecord] = []
+        # inside an optimizer's step (outside its closure): its own arithmetic is not recorded. Also
+        # cleared by the next forward or backward, in case a step raised (no post-hook then).
+        self.stepping = False
         self.inst = Instrumentation(on_fault=self.fault)
         self.checks: list[Check] = [cls(self) for cls in CHECKS]
         self.subscribers: dict[str, list[Check]] = {}
@@ -168,6 +171,11 @@ class Doctor:
     @property
     def recording(self) -> bool:
         return self.inst.active and not self.done
+
+    @property
+    def in_optimizer(self) -> bool:
+        """Inside an optimizer's step and outside its closure."""
+        return self.stepping and not self._closures
 
     def fault(self, where: str, exc: BaseException) -> None:
         """Count an internal error of the doctor (never raises)."""
@@ -335,6 +343,7 @@ class Doctor:
         return None if p.model is None else self._root(p.model)
 
     def _forward_pre(self, module: nn.Module, args: tuple) -> None:
+        self.stepping = False
         self.called_modules.add(module)
         if self._depth == 0:
             self._add_model(module)
@@ -381,6 +390,7 @@ class Doctor:
         rec.pending = event
         self._stats("before_step", event)
         self._dispatch("before_step", event)
+        self.stepping = True
         if not callable(closure):
             return None
         wrapped = self._wrap_closure(rec, closure)
@@ -399,6 +409,7 @@ class Doctor:
         return closure_under_the_doctor
 
     def _step_post(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+        self.stepping = False
         rec = self._optimizer_record(optimizer, None)
         event = rec.pending or StepEvent(rec, rec.step_site, self.steps, self._params_of(optimizer), False)
         rec.pending = None
@@ -426,6 +437,7 @@ class Doctor:
 
     def backward(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         """A ``backward()`` call: one training step."""
+        self.stepping = False
         if self._watched_enough():
             self.done = True  # watched enough: every callback is inert from now on
             self.inst.disable()
@@ -571,6 +583,7 @@ class Doctor:
     def _finish(self) -> None:
         self.inst.close()
         self.done = True
+        self._stats("release")
         self._dispatch("finish")
         self._findings = None
 

@@ -110,8 +110,8 @@ class NonFinite(Check):
         if self.found or numbers is None or not numbers.nonfinite or numbers.scaled:
             return
         self.found, self.step = True, event.step
-        rec = self.doctor.stats.first_nonfinite_node()
         params = numbers.nonfinite
+        rec = self.doctor.stats.first_nonfinite_node(params)
         nan = any(math.isnan(numbers.grad[p]) for p in params)
         what = "NaN" if nan else "Inf"
         data = {"where": "backward", "value": what, "parameters_hit": len(params)}
