@@ -7,6 +7,8 @@ import sys
 
 import gradwise
 
+_NUMERICS = 4  # after the watched steps, this many times as many are watched for non-finite values only
+
 
 def _estimators(args: argparse.Namespace) -> int:
     from gradwise.ops._estimators import ESTIMATORS, get
@@ -53,10 +55,15 @@ def _doctor(args: argparse.Namespace) -> int:
         problem = _json_path_problem(args.json)
         if problem:
             return _usage(problem)
-    doctor, run = run_script(script, args.script_args, lambda: watch(steps=args.steps, stop=not args.run_to_end))
+    doctor, run = run_script(
+        script,
+        args.script_args,
+        lambda: watch(steps=args.steps, stop=not args.run_to_end, numerics_steps=_NUMERICS * args.steps),
+    )
     findings = doctor.findings
     state = {
-        "steps": doctor.steps,
+        "steps": doctor.watched_steps,
+        "numerics_steps": doctor.steps - doctor.watched_steps,
         "stopped": doctor.stopped,
         "crashed": run.failure,
         "internal_errors": doctor.internal_errors,
@@ -104,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=5,
         help="training steps to watch (default: 5; extended up to 4 x STEPS while an optimizer has stepped fewer than "
-        "twice)",
+        "twice); then 4 x STEPS more are watched for non-finite values only",
     )
     p.add_argument("--json", metavar="PATH", help="also write the findings as JSON to PATH")
     p.add_argument(

@@ -54,12 +54,14 @@ class Recorder(TorchFunctionMode):
         if name in _BACKWARD:
             return doctor.backward(func, args, kwargs)
         if name == _GRAD:
-            return doctor.autograd_grad(func, args, kwargs)
+            return func(*args, **kwargs) if doctor.numerics_only else doctor.autograd_grad(func, args, kwargs)
         if op in _METADATA:
             return func(*args, **kwargs)
         accessor = name.endswith(("__get__", "__set__"))
         if accessor and op not in PROPERTIES:
             out = func(*args, **kwargs)
+            if doctor.numerics_only:
+                return out
             try:
                 self._accessor(name, op, args, kwargs, out)
             except Exception as exc:
@@ -73,7 +75,8 @@ class Recorder(TorchFunctionMode):
             if kwargs:
                 inputs += tensors_in(kwargs.values())
             mutated = args[0] if args and isinstance(args[0], torch.Tensor) and is_inplace(op, kwargs) else None
-            rewrapped = doctor.provenance.rewrap(args[0], doctor.steps) if op in REWRAP and args else None
+            learn = not doctor.numerics_only  # past the watched steps: the numerics only
+            rewrapped = doctor.provenance.rewrap(args[0], doctor.steps) if learn and op in REWRAP and args else None
         except Exception as exc:
             doctor.fault(f"operation {name}", exc)
             return func(*args, **kwargs)
@@ -92,7 +95,7 @@ class Recorder(TorchFunctionMode):
                 doctor.steps,
                 torch.is_grad_enabled(),
             )
-            if op not in _NO_PROVENANCE:
+            if learn and op not in _NO_PROVENANCE:
                 doctor.provenance.observe(event, rewrapped)
         except Exception as exc:
             doctor.fault(f"operation {name}", exc)
@@ -101,6 +104,8 @@ class Recorder(TorchFunctionMode):
             doctor.stats.on_op(event)
         except Exception as exc:
             doctor.fault(f"numerics of {name}", exc)
+        if not learn:
+            return out
         self._dispatch(doctor.subscribers.get(op, ()), event)
         if mutated is not None:
             self._dispatch(doctor.inplace_subscribers, event)

@@ -47,6 +47,7 @@ def format_report(
     stopped: bool = False,
     crashed: Failure | None = None,
     internal_errors: Sequence[str] = (),
+    numerics_steps: int = 0,
     autograd_grad_calls: int = 0,
     child_processes: int = 0,
     script: str | None = None,
@@ -62,8 +63,12 @@ def format_report(
     lines = [head]
     if script is not None:
         lines.append(f"script: {script}")
+    if steps is not None and numerics_steps:
+        lines.append(f"Then {numerics_steps} more step(s) were watched for non-finite values only.")
     if steps is not None and stopped:
-        lines.append(f"The script was stopped at its {_ordinal(steps + 1)} backward(), after the watched steps.")
+        lines.append(
+            f"The script was stopped at its {_ordinal(steps + numerics_steps + 1)} backward(), after the watched steps."
+        )
     lines.append("")
     for f in sorted(findings, key=lambda f: (_ORDER.get(f.severity, 3), f.file or "", f.line or 0)):
         at = f.where() + (f" (step {f.step})" if f.step is not None else "")
@@ -118,14 +123,17 @@ def to_json(
     stopped: bool = False,
     crashed: Failure | None = None,
     internal_errors: Sequence[str] = (),
+    numerics_steps: int = 0,
 ) -> str:
-    """``{"version", "script", "steps", "stopped", "crashed", "internal_errors", "findings"}``."""
+    """``{"version", "script", "steps", "numerics_steps", "stopped", "crashed", "internal_errors",
+    "findings"}``."""
     if version is None:
         from gradwise import __version__ as version
     out: dict[str, Any] = {
         "version": version,
         "script": script,
         "steps": steps,
+        "numerics_steps": numerics_steps,
         "stopped": stopped,
         "crashed": None if crashed is None else asdict(crashed),
         "internal_errors": list(internal_errors),

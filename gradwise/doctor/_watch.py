@@ -123,10 +123,18 @@ class Doctor:
     """
 
     def __init__(
-        self, model: nn.Module | None = None, optimizer: Any = None, *, max_steps: int | None = None, stop: bool = True
+        self,
+        model: nn.Module | None = None,
+        optimizer: Any = None,
+        *,
+        max_steps: int | None = None,
+        stop: bool = True,
+        numerics_steps: int = 0,
     ):
         self.steps = 0
         self.max_steps = max_steps
+        self.numerics_steps = numerics_steps
+        self.watched: int | None = None  # set when the numerics-only steps begin: the steps fully watched
         self.stop = stop
         self.stopped = False
         self.done = False  # watched enough: the rest runs unobserved
@@ -151,6 +159,7 @@ class Doctor:
         self._made_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # torch module -> its user line
         self.stats = Stats(self)
         self._closures: list[OptimizerRecord] = []
+        self._alive: list[nn.Module] = []  # the watched steps' models, held until the checks finish
         # inside an optimizer's step (outside its closure): its own arithmetic is not recorded. Also
         # cleared by the next forward or backward, in case a step raised (no post-hook then).
         self.stepping = False
@@ -171,6 +180,17 @@ class Doctor:
     @property
     def recording(self) -> bool:
         return self.inst.active and not self.done
+
+    @property
+    def numerics_only(self) -> bool:
+        """In the steps after the watched ones, watched for non-finite values only: no other
+        check sees them, and nothing new (models, optimizers, provenance) is learnt."""
+        return self.watched is not None
+
+    @property
+    def watched_steps(self) -> int:
+        """The steps every check watched."""
+        return self.steps if self.watched is None else self.watched
 
     @property
     def in_optimizer(self) -> bool:
@@ -305,7 +325,8 @@ class Doctor:
 
         return format_report(
             self.findings,
-            steps=self.steps,
+            steps=self.watched_steps,
+            numerics_steps=self.steps - self.watched_steps,
             stopped=self.stopped,
             internal_errors=self.internal_errors,
             autograd_grad_calls=self.autograd_grad_calls,
@@ -316,7 +337,13 @@ class Doctor:
         """The findings as JSON, the schema of ``gradwise doctor --json`` (``script`` and ``crashed`` null)."""
         from gradwise.doctor._report import to_json
 
-        return to_json(self.findings, steps=self.steps, stopped=self.stopped, internal_errors=self.internal_errors)
+        return to_json(
+            self.findings,
+            steps=self.watched_steps,
+            numerics_steps=self.steps - self.watched_steps,
+            stopped=self.stopped,
+            internal_errors=self.internal_errors,
+        )
 
     # --- models and optimizers ----------------------------------------------------------------
 
@@ -325,6 +352,7 @@ class Doctor:
         if inner in self._model_of:
             return
         rec = ModelRecord(next(self._serial), weakref.ref(inner), variable_name(module) or _class_name(inner), None)
+        self._alive.append(inner)  # until the checks finish: a model local to a function that returned is judged too
         rec.site = user_site()
         for sub in inner.modules():
             previous = self._model_of.get(sub)
@@ -344,9 +372,10 @@ class Doctor:
 
     def _forward_pre(self, module: nn.Module, args: tuple) -> None:
         self.stepping = False
-        self.called_modules.add(module)
-        if self._depth == 0:
-            self._add_model(module)
+        if not self.numerics_only:
+            self.called_modules.add(module)
+            if self._depth == 0:
+                self._add_model(module)
         self._depth += 1
         self.module_stack.append(module)
         self.provenance.in_forward = True
@@ -377,9 +406,12 @@ class Doctor:
         ]
 
     def _optimizer_created(self, optimizer: Any) -> None:
-        self._optimizer_record(optimizer, user_site())
+        if not self.numerics_only:
+            self._optimizer_record(optimizer, user_site())
 
     def _step_pre(self, optimizer: Any, args: tuple, kwargs: dict):
+        if self.numerics_only:
+            return self._numerics_step_pre(optimizer)
         rec = self._optimizer_record(optimizer, None)
         rec.step_site = user_site()
         params = self._params_of(optimizer)
@@ -408,8 +440,22 @@ class Doctor:
 
         return closure_under_the_doctor
 
+    def _numerics_step_pre(self, optimizer: Any) -> None:
+        """An optimizer step in the numerics-only steps: its update is measured, nothing else."""
+        rec = self._optimizer_of.get(optimizer)
+        if rec is not None:
+            rec.pending = StepEvent(rec, rec.step_site, self.steps, self._params_of(optimizer), False)
+            self._stats("before_step", rec.pending)
+        self.stepping = True
+
     def _step_post(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
         self.stepping = False
+        if self.numerics_only:
+            rec = self._optimizer_of.get(optimizer)
+            if rec is not None and rec.pending is not None:
+                self._stats("after_step", rec.pending)
+                rec.pending = None
+            return
         rec = self._optimizer_record(optimizer, None)
         event = rec.pending or StepEvent(rec, rec.step_site, self.steps, self._params_of(optimizer), False)
         rec.pending = None
@@ -428,8 +474,10 @@ class Doctor:
             self.fault(f"numerics ({method})", exc)
             return False
 
-    def _dispatch(self, method: str, *args: Any) -> None:
+    def _dispatch(self, method: str, *args: Any, numerics: bool = False) -> None:
         for check in self.checks:
+            if numerics and not check.numerics:
+                continue
             try:
                 getattr(check, method)(*args)
             except Exception as exc:
@@ -438,6 +486,10 @@ class Doctor:
     def backward(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         """A ``backward()`` call: one training step."""
         self.stepping = False
+        if self._watched_enough() and self.numerics_steps and self.watched is None:
+            self._begin_numerics()
+        if self._watched_enough() and self._numerics_step():
+            return self._numerics_backward(func, args, kwargs)
         if self._watched_enough():
             self.done = True  # watched enough: every callback is inert from now on
             self.inst.disable()
@@ -476,12 +528,63 @@ class Doctor:
             self.steps += 1
         return result
 
+    def _numerics_step(self) -> bool:
+        """Whether this backward, past the watched steps, is one of the ``numerics_steps``
+        watched for non-finite values only (until the first is found)."""
+        if self.watched is None or self.check("non-finite").found:
+            return False
+        return self.steps < self.watched + self.numerics_steps
+
+    def _begin_numerics(self) -> None:
+        """The watched steps are over (at the backward() that would have stopped the watch): the
+        checks that judge them alone finish now, while what they judge (a model local to a function that returns) is
+        still alive, and the next steps are watched for non-finite values only."""
+        for check in self.checks:
+            if not check.numerics:
+                try:
+                    check.finish()
+                except Exception as exc:
+                    self.fault(f"{check.kind} check (finish)", exc)
+        self.watched = self.steps
+        self._alive.clear()
+
+    def _numerics_backward(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """A backward() past the watched steps: the loss and gradients are read, and only the
+        numerics checks see it."""
+        with self.inst.quiet():
+            try:
+                roots = tensors_in(args[:1]) or tensors_in([kwargs.get("tensors")])
+                inputs = kwargs.get("inputs")
+                leaves = reachable_leaves(roots) if inputs is None else tensors_in([inputs])
+                known = (self.provenance.known(t) for t in leaves if t.requires_grad)
+                event = BackwardEvent(self.steps, user_site(), roots, [None] * len(roots), {p for p in known if p})
+            except Exception as exc:
+                self.fault("backward (before)", exc)
+                self.steps += 1
+                return func(*args, **kwargs)
+            self._stats("before_backward", event)
+            self._dispatch("before_backward", event, numerics=True)
+            try:
+                result = func(*args, **kwargs)
+            except Exception:
+                self._stats("end_backward")
+                self._stats("next_step")
+                self.steps += 1
+                raise
+            event.numbers = self.stats.history[-1] if self._stats("after_backward", event) else None
+            self._dispatch("after_backward", event, numerics=True)
+            self._stats("next_step")
+            self.steps += 1
+        return result
+
     def _watched_enough(self) -> bool:
         """``max_steps`` backward calls, extended (up to ``_EXTEND`` times as many) while an
         optimizer has stepped fewer than twice: gradients accumulating across an optimizer's
         steps (a missing ``zero_grad``) show only from its second step, and a loop that
         accumulates gradients over several backward calls steps less often. A single watched
         step (``steps=1``) is never extended."""
+        if self.watched is not None:
+            return True  # in (or past) the numerics-only steps
         if self.max_steps is None or self.steps < self.max_steps:
             return False
         if self.max_steps < 2 or self.steps >= _EXTEND * self.max_steps:
@@ -520,7 +623,7 @@ class Doctor:
         """``torch.from_numpy``, which no TorchFunctionMode sees: a NumPy round trip re-enters here."""
         if self.done:
             return
-        rewrapped = self.provenance.rewrap(array, self.steps)
+        rewrapped = None if self.numerics_only else self.provenance.rewrap(array, self.steps)
         site, _ = locate()
         event = OpEvent("torch.from_numpy", "from_numpy", site, (array,), {}, [], out, [out], None, self.steps, True)
         if rewrapped is not None:
@@ -584,7 +687,11 @@ class Doctor:
         self.inst.close()
         self.done = True
         self._stats("release")
-        self._dispatch("finish")
+        if self.watched is None:
+            self._dispatch("finish")
+        else:  # the other checks finished when the numerics-only steps began
+            self._dispatch("finish", numerics=True)
+        self._alive.clear()
         self._findings = None
 
 
@@ -605,7 +712,12 @@ def _class_name(module: nn.Module) -> str:
 
 @contextlib.contextmanager
 def watch(
-    model: nn.Module | None = None, optimizer: Any = None, *, steps: int | None = None, stop: bool = True
+    model: nn.Module | None = None,
+    optimizer: Any = None,
+    *,
+    steps: int | None = None,
+    stop: bool = True,
+    numerics_steps: int = 0,
 ) -> Iterator[Doctor]:
     """Watch training steps and diagnose their gradient flow.
 
@@ -626,6 +738,10 @@ def watch(
             ``backward()`` the block is stopped with :class:`StopWatching` (swallowed by
             ``watch``), or with ``stop=False`` left to run on unobserved.
         stop: see ``steps``.
+        numerics_steps: after the watched steps, watch up to this many more for non-finite
+            values only (``non-finite``: the loss and the gradients, with the op and line
+            where the first NaN/Inf was born); no other check sees them. ``gradwise doctor``
+            uses 4 x ``--steps``: a loss often turns NaN a few steps into training.
 
     Raises:
         ArgumentTypeError: ``model`` is not an ``nn.Module`` or ``optimizer`` not a
@@ -651,7 +767,9 @@ def watch(
         )
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ArgumentError(f"watch: steps must be a positive integer or None (got {steps!r})")
-    doctor = Doctor(model, optimizer, max_steps=steps, stop=stop)
+    if isinstance(numerics_steps, bool) or not isinstance(numerics_steps, int) or numerics_steps < 0:
+        raise ArgumentError(f"watch: numerics_steps must be a non-negative integer (got {numerics_steps!r})")
+    doctor = Doctor(model, optimizer, max_steps=steps, stop=stop, numerics_steps=numerics_steps)
     doctor._start()
     try:
         yield doctor

@@ -32,11 +32,23 @@ def test_broken_script_exits_1_and_writes_json(tmp_path):
     assert f"ERROR graph-break at {script}:25 (step 1)" in result.stdout
     assert "codes = distances.argmin(dim=1)" in result.stdout  # the offending source line
     assert "z + (q - z).detach()" in result.stdout  # the fix for a codebook lookup
-    assert "stopped at its 3rd backward()" in result.stdout
+    # its 5 steps: 2 watched, the other 3 (of up to 4 x 2) for non-finite values only, so it ends by itself
+    assert "Then 3 more step(s) were watched for non-finite values only." in result.stdout
+    assert "stopped at its" not in result.stdout
     report = json.loads(out.read_text())
-    assert set(report) == {"version", "script", "steps", "stopped", "crashed", "internal_errors", "findings"}
+    assert set(report) == {
+        "version",
+        "script",
+        "steps",
+        "numerics_steps",
+        "stopped",
+        "crashed",
+        "internal_errors",
+        "findings",
+    }
     assert report["version"] == gradwise.__version__ and report["script"] == script
-    assert (report["steps"], report["stopped"], report["crashed"], report["internal_errors"]) == (2, True, None, [])
+    state = (report["steps"], report["numerics_steps"], report["stopped"], report["crashed"], report["internal_errors"])
+    assert state == (2, 3, False, None, [])
     findings = report["findings"]
     assert [(f["kind"], f["file"], f["line"], f["step"]) for f in findings] == [("graph-break", script, 25, 1)]
     assert set(findings[0]) == {"kind", "severity", "message", "file", "line", "parameters", "fix", "step", "data"}
@@ -67,12 +79,13 @@ def test_script_arguments_and_run_to_end(tmp_path):
         print("finished", sys.argv[1:])
         """,
     )
-    stopped = doctor(str(script), "--steps", "2", "--", "6", "extra")
+    stopped = doctor(str(script), "--steps", "2", "--", "20", "extra")
     assert stopped.returncode == 0 and "finished" not in stopped.stdout
-    assert "in 2 watched training step(s)" in stopped.stdout and "stopped at its 3rd backward()" in stopped.stdout
+    assert "in 2 watched training step(s)" in stopped.stdout  # then 4 x 2 for non-finite values only
+    assert "Then 8 more step(s)" in stopped.stdout and "stopped at its 11th backward()" in stopped.stdout
     out = tmp_path / "end.json"
-    finished = doctor(str(script), "--steps", "2", "--run-to-end", "--json", str(out), "--", "6", "extra")
-    assert finished.returncode == 0 and "finished ['6', 'extra']" in finished.stdout
+    finished = doctor(str(script), "--steps", "2", "--run-to-end", "--json", str(out), "--", "20", "extra")
+    assert finished.returncode == 0 and "finished ['20', 'extra']" in finished.stdout
     report = json.loads(out.read_text())
     assert report["findings"] == [] and report["stopped"] is False  # nothing after the watch is judged
 

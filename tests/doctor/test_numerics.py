@@ -394,3 +394,43 @@ def test_an_explosion_that_ends_in_nan_is_one_finding_that_says_where_the_nan_wa
     assert kinds == ["exploding-gradient"], dr.report()
     f = dr.findings[0]
     assert f.line == line_of("the-huge-step") and "then_non_finite" in f.data and "non-finite" in f.message
+
+
+# --- the numerics-only steps after the watched ones ----------------------------------------------
+
+
+def test_a_nan_born_after_the_watched_steps_is_found_in_the_numerics_only_steps():
+    w = torch.tensor([1.0], requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.25)
+    with gw.doctor.watch(steps=2, numerics_steps=8) as dr:
+        for _ in range(10):
+            loss = torch.log(w)  # later-log
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    # the reference, by hand: w <- w - 0.25 / w gives 1, 0.75, 0.41667, -0.18333: log of a negative at step 4
+    f = nonfinite(dr)
+    assert f is not None and f.line == line_of("later-log") and f.step == 4 and f.data["negative"] == 1
+    assert (dr.watched_steps, dr.steps) == (2, 4)  # stopped at the first non-finite value
+    assert "Then 2 more step(s) were watched for non-finite values only." in dr.report()
+
+
+def test_the_numerics_only_steps_teach_the_other_checks_nothing():
+    torch.manual_seed(0)
+    x = torch.randn(8, 3)
+    with gw.doctor.watch(steps=2, numerics_steps=6) as dr:
+        model = nn.Linear(3, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):  # 2 watched steps, extended to the optimizer's second step
+            loss = model(x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        later = nn.Sequential(nn.Linear(3, 1), nn.Linear(3, 1))  # made after the watched steps
+        opt = torch.optim.SGD(later.parameters(), lr=0.1)
+        for _ in range(3):
+            loss = later[0](x).round().mean().requires_grad_()  # a layer never called, a cut
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert dr.findings == [] and (dr.watched_steps, dr.steps) == (2, 6), dr.report()

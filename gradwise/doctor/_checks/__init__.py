@@ -92,6 +92,9 @@ class Check:
 
     kind: ClassVar[str] = ""
     order: ClassVar[int] = 100  # position in KINDS and in the order checks see events
+    # a numerics check also sees the backward events of the numerics-only steps and finishes at
+    # the very end; the others finish when those steps begin
+    numerics: ClassVar[bool] = False
     ops: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, doctor: Doctor) -> None:

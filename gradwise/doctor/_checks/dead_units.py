@@ -24,6 +24,7 @@ MIN_UNITS = 8
 class DeadUnits(Check):
     kind = "dead-units"
     order = 16
+    numerics = True
 
     def __init__(self, doctor):
         super().__init__(doctor)

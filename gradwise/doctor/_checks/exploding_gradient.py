@@ -71,6 +71,7 @@ def _finite(v: float | None) -> bool:
 class ExplodingGradient(Check):
     kind = "exploding-gradient"
     order = 13
+    numerics = True
 
     def __init__(self, doctor):
         super().__init__(doctor)
@@ -222,6 +223,8 @@ class ExplodingGradient(Check):
     def _from_step(self, steps, updates):
         if len(steps) < 2 or not updates:
             return None
+        if any(f.kind == "missing-zero-grad" for f in self.doctor.findings):
+            return None  # gradients accumulated across steps grow step over step: that finding's cause
         norms = [_total(n.grad.values()) for n in steps]
         losses = [n.loss for n in steps]
         finite = [k for k, g in enumerate(norms) if _finite(g) and _finite(losses[k])]

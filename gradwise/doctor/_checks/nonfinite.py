@@ -86,6 +86,7 @@ def _n(k: float) -> str:
 class NonFinite(Check):
     kind = "non-finite"
     order = 12
+    numerics = True
 
     def __init__(self, doctor):
         super().__init__(doctor)

@@ -5,7 +5,9 @@ an SGD step relative to the weight, per unit learning rate), for the weight matr
 linear maps (``Linear``, convolutions, ``matmul`` with a parameter) in the order the forward
 first uses them, as the median over the watched steps with finite gradients. Reported when
 the first layer's figure is below ``RATIO`` (1e-3) times the median of the last half of
-the layers', with at least ``MIN_LAYERS`` (4) such layers: a tiny learning rate does not do
+the layers', or below ``RATIO_LAST`` (1e-4) times the last layer's when the cause is seen
+(saturated ``sigmoid``/``tanh`` or too small an init: a decay by a factor per layer reaches
+into the last half too; a default-init deep ReLU stack decays about as much), with at least ``MIN_LAYERS`` (4) such layers: a tiny learning rate does not do
 this (the gradients themselves are compared), nor do frozen layers (not trained), nor a
 healthy deep network with normalisation or residual connections (its ratio stays within
 one or two orders of magnitude). The cause is read from the same step: stacked or
@@ -22,18 +24,24 @@ from gradwise.doctor._checks import Check
 from gradwise.doctor._trace import creation_site
 
 RATIO = 1e-3
+RATIO_LAST = 1e-4
 MIN_LAYERS = 4
 
 
 class VanishingGradient(Check):
     kind = "vanishing-gradient"
     order = 15
+    numerics = True
 
     def finish(self) -> None:
         doctor = self.doctor
         if doctor.check("non-finite").found or doctor.check("exploding-gradient").found:
             return
-        steps = [n for n in doctor.stats.history if not n.nonfinite and not n.scaled and n.gains]
+        steps = [
+            n
+            for n in doctor.stats.history
+            if not n.nonfinite and not n.scaled and n.gains and n.step < doctor.watched_steps
+        ]
         if not steps:
             return
         last = steps[-1]
@@ -59,24 +67,33 @@ class VanishingGradient(Check):
             values = [n.grad[weight] / n.weight[weight] for n in steps if weight in n.grad and n.weight.get(weight)]
             rel[weight] = statistics.median(values) if values else 0.0
         top = statistics.median(rel[w] for w, _, _ in layers[len(layers) // 2 :])
+        final = rel[layers[-1][0]]
         first = rel[layers[0][0]]
-        if top <= 0 or not math.isfinite(top) or first >= RATIO * top:
+        if top <= 0 or not math.isfinite(top) or not math.isfinite(final):
             return
-        starved = [(w, ps) for w, ps, _ in layers if rel[w] < RATIO * top]
+        if first >= RATIO * top and first >= RATIO_LAST * final:
+            return
+        limit = RATIO
+        if first >= RATIO * top:  # judged against the last layer: the decay reaches into the last half
+            top, limit = final, RATIO_LAST
+        cause, fix, key = self._cause(last, [w for w, _, _ in layers])
+        if limit == RATIO_LAST and key not in ("saturated", "small-init"):
+            return  # a default-init deep ReLU stack decays about this much too: only with a cause in sight
+        starved = [(w, ps) for w, ps, _ in layers if rel[w] < limit * top]
         names = [p for _, ps in starved for p in ps]
         ratio = first / top
-        cause, fix, key = self._cause(last, [w for w, _, _ in layers])
         self.doctor.add(
             self.kind,
             "warning",
             f"The gradient vanishes towards the input: the first layer's gradient, relative to its weights, is "
-            f"{ratio:.1e} times the last layers' (median; {len(starved)} of {len(layers)} layers below {RATIO:g} "
-            f"times); they barely train. Likely cause: {cause}.",
+            f"{ratio:.1e} times the last layers' ({'median of the last half' if limit == RATIO else 'the last layer'}; "
+            f"{len(starved)} of {len(layers)} layers below {limit:g} times); they barely train. Likely cause: {cause}.",
             self._site(layers[0]),
             names,
             fix,
             data={
                 "ratio": ratio,
+                "reference": "median of the last half" if limit == RATIO else "last layer",
                 "relative_gradients": {doctor.name(w): rel[w] for w, _, _ in layers},
                 "layers": len(layers),
                 "cause": key,
