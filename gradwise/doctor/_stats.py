@@ -243,8 +243,9 @@ class UpdateRecord:
     optimizer: OptimizerRecord
     step: int
     params: list
-    norms: torch.Tensor | None  # [3, n] on the device: update, weight before the step, gradient at the step
-    values: list | None = None  # read: [(update, weight, gradient)] per parameter
+    norms: torch.Tensor | None  # [n] on the device: the update's norm per parameter
+    grads_changed: bool = False  # gradients changed in place between the backward and the step (clipping)
+    values: list | None = None  # read: [(update, weight before the step)] per parameter
 
 
 @dataclass
@@ -278,6 +279,7 @@ class Stats:
         self._hooks: list = []
         self._before_step: dict = {}
         self._buffers: dict = {}  # optimizer key -> tensors the parameters are copied into before a step
+        self._grad_versions: dict = {}  # id(param) -> (id(grad), its version) after the last backward
         self.loss_finite = True
         self.loss_value: float | None = None
         self.grads_finite = True
@@ -524,6 +526,7 @@ class Stats:
             t = p.tensor()
             if t is not None and t.grad is not None and t.grad.layout == torch.strided:
                 with_grad.append((p, t))
+        self._grad_versions = {id(t): (id(t.grad), t.grad._version) for _, t in with_grad}
         groups: dict = defaultdict(list)
         for p, t in with_grad:
             groups[(t.device, t.dtype)].append((p, t))
@@ -626,7 +629,8 @@ class Stats:
 
     def before_step(self, event: StepEvent) -> None:
         """Copy the parameters into a buffer kept for the optimizer (allocated once: a fresh
-        copy at every step costs ten times more), and take the gradients' and weights' norms."""
+        copy at every step costs ten times more), and see whether their gradients were changed
+        in place since the backward (``clip_grad_norm_``) by their version counters."""
         key = event.optimizer.key
         tensors = [p.tensor() for p in event.params]
         pairs = [
@@ -647,36 +651,37 @@ class Stats:
         ]:
             buffer = self._buffers[key] = [torch.empty_like(v) for v in values]
         torch._foreach_copy_(buffer, values)
-        grads = [
-            t.grad.detach() if t.grad is not None and t.grad.layout == torch.strided else t.new_zeros(())
-            for t in values
-        ]
-        self._before_step[key] = (pairs, buffer, _norms(values + grads))
+        versions = self._grad_versions
+        changed = any(
+            id(t) in versions and (t.grad is None or versions[id(t)] != (id(t.grad), t.grad._version)) for _, t in pairs
+        )
+        self._before_step[key] = (pairs, buffer, changed)
 
     def after_step(self, event: StepEvent) -> None:
         saved = self._before_step.pop(event.optimizer.key, None)
         if saved is None:
             return
-        pairs, buffer, before = saved
+        pairs, buffer, changed = saved
         torch._foreach_sub_(buffer, [t.detach() for _, t in pairs])  # in place: before - after = -update
-        n = len(pairs)
-        norms = torch.stack([_norms(buffer), before[:n], before[n:]])
         if len(self.updates) >= _HISTORY:
             del self.updates[_HISTORY // 4]
-        self.updates.append(UpdateRecord(event.optimizer, event.step, [p for p, _ in pairs], norms))
+        self.updates.append(UpdateRecord(event.optimizer, event.step, [p for p, _ in pairs], _norms(buffer), changed))
+
+    def read_updates(self) -> list[UpdateRecord]:
+        """Every optimizer step's update norms, read (once), with the weights' norms read after
+        the backward before it."""
+        after = {n.step: n for n in self.history}
+        for u in self.updates:
+            if u.values is None and u.norms is not None:
+                numbers = after.get(u.step - 1)
+                weights = numbers.weight if numbers is not None else {}
+                u.values = [(d, weights.get(p, math.nan)) for p, d in zip(u.params, u.norms.tolist(), strict=True)]
+        return [u for u in self.updates if u.values is not None]
 
     def release(self) -> None:
         """Free the parameters' copies (the watch ended)."""
         self._buffers.clear()
         self._before_step.clear()
-
-    def read_updates(self) -> list[UpdateRecord]:
-        """Every optimizer step's update norms, read (once)."""
-        for u in self.updates:
-            if u.values is None and u.norms is not None:
-                update, weight, grad = u.norms.tolist()
-                u.values = list(zip(update, weight, grad, strict=True))
-        return [u for u in self.updates if u.values is not None]
 
 
 def read(parts: list[torch.Tensor]) -> list[list[float]]:

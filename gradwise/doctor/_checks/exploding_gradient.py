@@ -288,7 +288,7 @@ class ExplodingGradient(Check):
     def _update_ratio(update):
         """The largest update / weight ratio of a step (over parameters whose weights are not 0)."""
         best = None
-        for p, (delta, weight, _) in zip(update.params, update.values, strict=True):
+        for p, (delta, weight) in zip(update.params, update.values, strict=True):
             if weight > 0 and math.isfinite(weight) and len(p.shape) >= 2:
                 r = delta / weight
                 r = math.inf if math.isnan(r) else r
@@ -311,16 +311,8 @@ class ExplodingGradient(Check):
             and sum(y > x for x, y in itertools.pairwise(losses)) >= (len(losses) - 1) / 2
         )
 
-    def _clipped(self, steps, updates) -> bool:
-        """Whether the gradients were made smaller between the backward and the step
+    @staticmethod
+    def _clipped(steps, updates) -> bool:
+        """Whether the gradients were changed in place between a backward and the step
         (``clip_grad_norm_``), at some step of the stream."""
-        after = {n.step: n for n in steps}
-        for u in updates:
-            n = after.get(u.step - 1)
-            if n is None:
-                continue
-            before = _total(n.grad[p] for p in u.params if p in n.grad)
-            at = _total(g for p, (_, _, g) in zip(u.params, u.values, strict=True) if p in n.grad)
-            if _finite(before) and _finite(at) and 0 < at < 0.9 * before:
-                return True
-        return False
+        return any(u.grads_changed for u in updates)

@@ -7,12 +7,12 @@ first uses them, as the median over the watched steps with finite gradients. Rep
 the first layer's figure is below ``RATIO`` (1e-3) times the median of the last half of
 the layers', or below ``RATIO_LAST`` (1e-4) times the last layer's when the cause is seen
 (saturated ``sigmoid``/``tanh`` or too small an init: a decay by a factor per layer reaches
-into the last half too; a default-init deep ReLU stack decays about as much), with at least ``MIN_LAYERS`` (4) such layers: a tiny learning rate does not do
-this (the gradients themselves are compared), nor do frozen layers (not trained), nor a
-healthy deep network with normalisation or residual connections (its ratio stays within
-one or two orders of magnitude). The cause is read from the same step: stacked or
-saturated ``sigmoid``/``tanh``, or activations shrinking layer after layer (too small an
-init).
+into the last half too; a default-init deep ReLU stack decays about as much), with at
+least ``MIN_LAYERS`` (4) such layers. A tiny learning rate does not do this (the gradients
+themselves are compared), nor do frozen layers (not trained), nor a healthy deep network
+with normalisation or residual connections (its ratio stays within one or two orders of
+magnitude). The cause is read from the same step: stacked or saturated
+``sigmoid``/``tanh``, or activations shrinking layer after layer (too small an init).
 """
 
 from __future__ import annotations
