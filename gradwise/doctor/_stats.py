@@ -121,6 +121,16 @@ _VIEW_NODES = frozenset(
 )
 
 
+# autograd nodes that cannot make a non-finite gradient from finite ones except by overflow (an
+# explosion, judged by its own check): their gradients are not probed, their order still counts
+_LINEAR_NODES = frozenset(
+    {"AddBackward0", "AddBackward1", "SubBackward0", "SubBackward1", "NegBackward0", "MeanBackward0"}
+    | {"MeanBackward1", "SumBackward0", "SumBackward1", "ReluBackward0", "ThresholdBackward0", "AddmmBackward0"}
+    | {"MmBackward0", "BmmBackward0", "ConvolutionBackward0", "MaxPool2DWithIndicesBackward0", "CatBackward0"}
+    | {"StackBackward0", "IndexBackward0", "GatherBackward0", "EmbeddingBackward0"}
+)
+
+
 def _through_views(node: Any) -> Any:
     """The first node below ``node`` that is not a view (None past the graph's end)."""
     while node is not None and type(node).__name__ in _VIEW_NODES and len(node.next_functions) == 1:
@@ -300,7 +310,7 @@ class Stats:
         self.parents: dict[int, Any] = {}
         self.node_ids: list = []
 
-    def _record(self, op: str, site, inputs, refs, outs, scalars, layer, **extra) -> OpRecord:
+    def _record(self, op: str, site, inputs, refs, outs, scalars, layer, probe: bool = True, **extra) -> OpRecord:
         first = outs[0] if outs else None
         rec = OpRecord(
             len(self.ops),
@@ -316,7 +326,7 @@ class Stats:
             **extra,
         )
         self.ops.append(rec)
-        self.sums.append(_merge([_probe(o) for o in outs]))
+        self.sums.append(_merge([_probe(o) for o in outs]) if probe else None)
         return rec
 
     def _source(self, t: torch.Tensor, site) -> int:
@@ -324,7 +334,8 @@ class Stats:
         prov = self.doctor.provenance
         p = prov.known(t) if t.requires_grad and grad_fn(t) is None else None
         kind = "parameter" if p is not None else "data"
-        rec = self._record("<input>", site, (), (), [t], (), (), source=kind, param=p)
+        # a parameter is probed only when needed (op_values): it is alive, and unchanged within the step
+        rec = self._record("<input>", site, (), (), [t], (), (), probe=p is None, source=kind, param=p)
         if p is not None:
             self.order.setdefault(p, len(self.order))
         self.producer[t] = rec.index
@@ -507,7 +518,7 @@ class Stats:
                     leaf = _through_views(n)
                     if leaf is not None and type(leaf).__name__ == "AccumulateGrad":
                         producers[id(leaf.variable)].append(index)
-                    else:
+                    elif name not in _LINEAR_NODES:
                         probed.append(i)
                 self._hooks.append(node.register_hook(make(index, tuple(probed))))
             stack.extend((n, id(node)) for n, _ in node.next_functions)
@@ -584,6 +595,10 @@ class Stats:
     def op_values(self) -> list[float | None]:
         """For each record, its output's element of largest size (finite exactly when they all
         are; NaN when they hold a NaN), with one transfer per device."""
+        for rec in self.ops:  # the parameters, probed now
+            if rec.source == "parameter" and self.sums[rec.index] is None:
+                t = rec.output()
+                self.sums[rec.index] = None if t is None else _probe(t)
         index: list[int] = [i for i, s in enumerate(self.sums) if s is not None]
         values = read([self.sums[i] for i in index])
         out: list[float | None] = [None] * len(self.sums)
