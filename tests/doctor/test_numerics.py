@@ -434,3 +434,18 @@ def test_the_numerics_only_steps_teach_the_other_checks_nothing():
             loss.backward()
             opt.step()
     assert dr.findings == [] and (dr.watched_steps, dr.steps) == (2, 6), dr.report()
+
+
+def test_finite_gradients_whose_float32_norm_overflows_are_not_non_finite():
+    torch.manual_seed(0)
+    with gw.doctor.watch() as dr:
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        with torch.no_grad():
+            model[0].weight.mul_(1e17)
+        F.mse_loss(model(torch.randn(3, 4)), torch.zeros(3, 1)).backward()
+    grad = model[2].weight.grad
+    assert torch.isfinite(grad).all() and torch.isinf(grad.norm())  # the reference: finite, but its float32 norm is not
+    assert nonfinite(dr) is None
+    numbers = dr.stats.history[0]
+    by_name = {dr.name(p): v for p, v in numbers.grad.items()}
+    assert by_name["2.weight"] == pytest.approx(grad.double().norm().item(), rel=1e-6)
