@@ -160,6 +160,9 @@ class Doctor:
         self.stats = Stats(self)
         self._closures: list[OptimizerRecord] = []
         self._alive: list[nn.Module] = []  # the watched steps' models, held until the checks finish
+        # module -> (mode, user line, serial) of the last train()/eval() call that reached it
+        self.mode_calls: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._mode_serial = 0
         # inside an optimizer's step (outside its closure): its own arithmetic is not recorded. Also
         # cleared by the next forward or backward, in case a step raised (no post-hook then).
         self.stepping = False
@@ -635,6 +638,13 @@ class Doctor:
         if isinstance(out, torch.Tensor) and isinstance(outputs, torch.Tensor):
             self.stats.scaled[out] = outputs
 
+    def _mode_set(self, result: Any, module: Any, mode: bool = True, *args: Any, **kwargs: Any) -> None:
+        """``module.train(mode)`` / ``module.eval()``: which call left each module in its mode
+        (a call recurses into the children, which finish first: the outermost call is last)."""
+        if not self.done and not self.numerics_only and isinstance(module, nn.Module):
+            self.mode_calls[module] = (bool(mode), user_site(), self._mode_serial)
+            self._mode_serial += 1
+
     def _module_made(self, result: Any, module: Any, *args: Any, **kwargs: Any) -> None:
         if not self.done and type(module).__module__.startswith("torch."):
             self._made_at.setdefault(module, user_site())  # the innermost call: nn.Linear(...) itself
@@ -677,6 +687,7 @@ class Doctor:
             inst.wrap(torch, "from_numpy", self._from_numpy)
             inst.wrap(torch.amp.GradScaler, "scale", self._scaled)
             inst.wrap(nn.Module, "__init__", self._module_made)
+            inst.wrap(nn.Module, "train", self._mode_set)
             inst.wrap(multiprocessing.process.BaseProcess, "start", self._process_started)
             inst.enter(Recorder(self))
         except BaseException:

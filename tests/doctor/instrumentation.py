@@ -26,6 +26,7 @@ def global_state() -> tuple:
         torch.from_numpy,
         torch.amp.GradScaler.scale,
         torch.nn.Module.__init__,
+        torch.nn.Module.train,
         multiprocessing.process.BaseProcess.start,
         torch._C._len_torch_function_stack(),
         list(warnings.filters),

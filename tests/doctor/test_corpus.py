@@ -52,6 +52,8 @@ MUST_NOT_FLAG = {
     "deep_residual_layernorm": "12 pre-norm residual blocks: no vanishing gradient",
     "deep_cnn_batchnorm": "deep BatchNorm CNN with a tiny learning rate: healthy gradients",
     "clipped_large_gradient": "a large but stable gradient norm, clipped with clip_grad_norm_",
+    "eval_then_train_each_epoch": "model.eval() for validation, model.train() before the next epoch",
+    "frozen_batchnorm_finetune": "BatchNorm frozen one by one, a frozen backbone in eval under a trained probe",
     "large_scale_regression": "a loss of large scale (1e9) in steady descent",
     "deep_kaiming_relu_sgd": "a deep Kaiming-initialised ReLU MLP trained by fast SGD",
 }

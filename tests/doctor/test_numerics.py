@@ -449,3 +449,33 @@ def test_finite_gradients_whose_float32_norm_overflows_are_not_non_finite():
     numbers = dr.stats.history[0]
     by_name = {dr.name(p): v for p, v in numbers.grad.items()}
     assert by_name["2.weight"] == pytest.approx(grad.double().norm().item(), rel=1e-6)
+
+
+# --- eval-mode ---------------------------------------------------------------------------------
+
+
+def test_steps_in_eval_mode_name_the_eval_call_and_train_again_clears_it():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    with gw.doctor.watch() as dr:
+        model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.2), nn.Linear(8, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for step in range(4):
+            if step == 1:
+                model.eval()  # left-in-eval
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    f = next(f for f in dr.findings if f.kind == "eval-mode")
+    reference = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.Dropout)]  # by hand: 2
+    assert f.line == line_of("left-in-eval") and len(f.data["modules"]) == len(reference) == 2
+    assert f.data["kinds"] == ["BatchNorm1d", "Dropout"] and f.step == 2
+    with gw.doctor.watch() as dr:
+        model.eval()
+        model.train()  # train again before the step: clean
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert [f for f in dr.findings if f.kind == "eval-mode"] == []
