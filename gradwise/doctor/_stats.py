@@ -396,7 +396,7 @@ class Stats:
             o = outs[0].detach()
             tail = (o.abs() > 0.99) if op.startswith("tanh") else ((o < 0.01) | (o > 0.99))
             self.saturation.append((op, ev.site, tail.float().mean()))
-        elif op in RELU_FAMILY and not self.doctor.numerics_only:
+        elif op in RELU_FAMILY:  # also in the numerics-only steps: dead units are judged over all of them
             self._activation(ev, outs[0], rec)
         if not self.history:
             written = mutated if mutated is not None else ev.kwargs.get("tensor")  # nn.init.*(tensor=...)
