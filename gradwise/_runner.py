@@ -51,9 +51,15 @@ def user_traceback(exc: BaseException) -> str:
     return "\n".join(lines)
 
 
-def run_script(script: str, argv: Sequence[str], under: Callable[[], AbstractContextManager[T]]) -> tuple[T, ScriptRun]:
+def run_script(
+    script: str,
+    argv: Sequence[str],
+    under: Callable[[], AbstractContextManager[T]],
+    failed: Callable[[T, BaseException], None] | None = None,
+) -> tuple[T, ScriptRun]:
     """Run ``script`` with ``argv`` as ``__main__`` inside ``with under() as value`` and return
-    ``(value, ScriptRun)``."""
+    ``(value, ScriptRun)``; ``failed(value, exception)`` is called, still inside the block,
+    when the script raises."""
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [script, *argv]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
@@ -69,6 +75,8 @@ def run_script(script: str, argv: Sequence[str], under: Callable[[], AbstractCon
             except Exception as exc:
                 message = str(exc).strip()
                 failure = Failure(type(exc).__name__, message, user_traceback(exc))
+                if failed is not None:
+                    failed(value, exc)
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
     return value, ScriptRun(script, failure)

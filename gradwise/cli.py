@@ -59,6 +59,7 @@ def _doctor(args: argparse.Namespace) -> int:
         script,
         args.script_args,
         lambda: watch(steps=args.steps, stop=not args.run_to_end, numerics_steps=_NUMERICS * args.steps),
+        lambda doctor, exc: doctor.crashed(exc),
     )
     findings = doctor.findings
     state = {

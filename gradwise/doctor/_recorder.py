@@ -80,7 +80,17 @@ class Recorder(TorchFunctionMode):
         except Exception as exc:
             doctor.fault(f"operation {name}", exc)
             return func(*args, **kwargs)
-        out = func(*args, **kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except Exception as exc:
+            if learn:
+                doctor.op_failed(
+                    OpEvent(
+                        name, op, site, args, kwargs, inputs, None, [], mutated, doctor.steps, torch.is_grad_enabled()
+                    ),
+                    exc,
+                )
+            raise
         try:
             event = OpEvent(
                 name,

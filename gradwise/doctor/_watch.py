@@ -379,6 +379,7 @@ class Doctor:
             self.called_modules.add(module)
             if self._depth == 0:
                 self._add_model(module)
+                self._dispatch("on_model_call", module, args)
         self._depth += 1
         self.module_stack.append(module)
         self.provenance.in_forward = True
@@ -530,6 +531,20 @@ class Doctor:
             self._stats("next_step")
             self.steps += 1
         return result
+
+    def op_failed(self, event: OpEvent, error: BaseException) -> None:
+        """A recorded operation raised (the recorder re-raises it)."""
+        with self.inst.quiet():
+            self._dispatch("on_op_error", event, error)
+
+    def crashed(self, error: BaseException) -> None:
+        """The watched code ended by raising ``error`` (not :class:`StopWatching`): the checks
+        that explain a crash (shape-mismatch) report it; once per error."""
+        if isinstance(error, StopWatching) or getattr(self, "_crash", None) is error:
+            return
+        self._crash = error
+        self._dispatch("on_crash", error)
+        self._findings = None
 
     def _numerics_step(self) -> bool:
         """Whether this backward, past the watched steps, is one of the ``numerics_steps``
@@ -786,6 +801,9 @@ def watch(
         yield doctor
     except StopWatching:
         pass
+    except BaseException as exc:
+        doctor.crashed(exc)
+        raise
     finally:
         doctor._finish()
 

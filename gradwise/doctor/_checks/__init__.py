@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from torch import nn
 
 if TYPE_CHECKING:
     from gradwise.doctor._provenance import OpEvent, Param, TensorInfo
@@ -102,6 +103,18 @@ class Check:
 
     def on_op(self, event: OpEvent) -> None:
         """An operation named in ``ops`` ran (its provenance is already recorded)."""
+
+    def on_op_error(self, event: OpEvent, error: BaseException) -> None:
+        """Any recorded operation raised ``error`` (``event.out`` is None); the error goes on
+        to the user's code, which may catch it: see :meth:`on_crash`."""
+
+    def on_model_call(self, module: nn.Module, args: tuple) -> None:
+        """A model (a module called while no other module runs) is about to run its forward on
+        ``args``, in a watched step; called quietly (the doctor's hooks are inert inside)."""
+
+    def on_crash(self, error: BaseException) -> None:
+        """The watched code ended by raising ``error`` (called before :meth:`finish`, or after
+        it when the script runner reports the failure)."""
 
     def before_backward(self, event: BackwardEvent) -> None:
         """A watched backward() is about to run."""
