@@ -149,6 +149,23 @@ class Instrumentation:
         setattr(owner, name, wrapper)
         self._undo.append(lambda: setattr(owner, name, original))
 
+    def wrap_before(self, owner: Any, name: str, before: Callable[..., None]) -> None:
+        """Replace ``owner.name`` by a function that calls ``before(*args, **kwargs)`` (guarded)
+        and then the original; restored on close. An iterator passed as the first argument (a
+        generator of parameters) is turned into a list first, so that both can read it."""
+        original = getattr(owner, name)
+        guarded = self._guarded(f"{name} wrapper", before)
+
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if args and isinstance(args[0], Iterator) and self.active:
+                args = (list(args[0]), *args[1:])
+            guarded(*args, **kwargs)
+            return original(*args, **kwargs)
+
+        setattr(owner, name, wrapper)
+        self._undo.append(lambda: setattr(owner, name, original))
+
     def ignore_warning(self, message: str, category: type[Warning] = UserWarning) -> None:
         """Ignore a warning that exists only because of this instrumentation (torch warns about
         global module hooks under torch.compile); the filter is removed on close, and nothing

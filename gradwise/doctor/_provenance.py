@@ -24,7 +24,7 @@ import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from gradwise._losses import form_after
-from gradwise.doctor._trace import Site, no_grad_site
+from gradwise.doctor._trace import Site, in_reentrant_checkpoint, no_grad_site
 
 __all__ = ["Cut", "Extraction", "OpEvent", "Param", "Provenance", "StaleUse", "TensorInfo", "ZeroOp", "decisive_cuts"]
 
@@ -293,7 +293,12 @@ class Provenance:
             o_cuts, o_zeros = cuts_f, zeros_f
             if grad_prov and not o.requires_grad:
                 reason = _cut_reason(op, o, ev.grad_enabled)
-                site = ev.site if reason != "no_grad" else (no_grad_site() or ev.site)
+                site = ev.site
+                if reason == "no_grad":
+                    site = no_grad_site()
+                    if site is None and in_reentrant_checkpoint():
+                        reason = "checkpoint"  # its block runs under no_grad: no input requires grad
+                    site = site or ev.site
                 o_cuts = cuts_f | {Cut(site, op, reason, grad_f)}
             elif grad_prov and (op in ZERO_DERIVATIVE or (op in CLAMPS and _saturated(op, ev.args, ev.kwargs))):
                 o_zeros = zeros_f | {ZeroOp(ev.site, op, grad_f)}

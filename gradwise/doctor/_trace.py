@@ -23,6 +23,7 @@ __all__ = [
     "caller_line",
     "creation_site",
     "enclosing_function",
+    "in_reentrant_checkpoint",
     "locate",
     "no_grad_site",
     "source_line",
@@ -178,6 +179,25 @@ def no_grad_site() -> Site | None:
             return Site(filename, frame.f_lineno)
         frame = frame.f_back
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _checkpoint_file() -> str:
+    import torch.utils.checkpoint
+
+    return torch.utils.checkpoint.__file__
+
+
+def in_reentrant_checkpoint() -> bool:
+    """Whether torch.utils.checkpoint's reentrant function is running its block's forward
+    (which it does under no_grad, so that its result requires grad only through its inputs)."""
+    frame, checkpoint = sys._getframe(1), _checkpoint_file()
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "forward" and code.co_filename == checkpoint:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _attribute_holding(owner: Any, obj: Any) -> str | None:

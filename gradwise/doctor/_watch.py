@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import multiprocessing.process
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +32,7 @@ from gradwise.doctor._stats import Stats
 from gradwise.doctor._trace import Site, creation_site, locate, user_site, variable_name
 from gradwise.errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["Doctor", "ModelRecord", "OptimizerRecord", "StopWatching", "diagnose", "watch"]
+__all__ = ["Doctor", "ModelRecord", "OptimizerRecord", "StopWatching", "ZeroGradCall", "diagnose", "watch"]
 
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
@@ -83,6 +83,16 @@ class OptimizerRecord:
     def where(self) -> Site | None:
         """Its construction line, or where it was stepped when that is unknown."""
         return self.site or self.step_site
+
+
+@dataclass(frozen=True)
+class ZeroGradCall:
+    """A ``zero_grad()`` call of an optimizer or a module."""
+
+    site: Site | None
+    steps: int  # the number of watched backward() calls before it
+    params: frozenset  # the known parameters it cleared
+    module: bool  # a module's zero_grad (else an optimizer's)
 
 
 @dataclass
@@ -163,6 +173,7 @@ class Doctor:
         # module -> (mode, user line, serial) of the last train()/eval() call that reached it
         self.mode_calls: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._mode_serial = 0
+        self.zero_grad_calls: deque[ZeroGradCall] = deque(maxlen=32)  # the latest zero_grad() calls
         # inside an optimizer's step (outside its closure): its own arithmetic is not recorded. Also
         # cleared by the next forward or backward, in case a step raised (no post-hook then).
         self.stepping = False
@@ -650,7 +661,8 @@ class Doctor:
 
     def _scaled(self, out: Any, scaler: Any, outputs: Any, *args: Any, **kwargs: Any) -> None:
         """``GradScaler.scale(loss)``: its backward's infinite gradients are the scaler's to handle."""
-        if isinstance(out, torch.Tensor) and isinstance(outputs, torch.Tensor):
+        enabled = getattr(scaler, "is_enabled", lambda: True)()
+        if enabled and isinstance(out, torch.Tensor) and isinstance(outputs, torch.Tensor):
             self.stats.scaled[out] = outputs
 
     def _mode_set(self, result: Any, module: Any, mode: bool = True, *args: Any, **kwargs: Any) -> None:
@@ -659,6 +671,32 @@ class Doctor:
         if not self.done and not self.numerics_only and isinstance(module, nn.Module):
             self.mode_calls[module] = (bool(mode), user_site(), self._mode_serial)
             self._mode_serial += 1
+
+    def _unscaled(self, result: Any, scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> None:
+        """``GradScaler.unscale_(optimizer)`` (also from inside ``scaler.step``)."""
+        if not self.done and not self.numerics_only:
+            self._dispatch("on_unscale", self._params_of(optimizer))
+
+    def _clipping(self, parameters: Any = None, *args: Any, **kwargs: Any) -> None:
+        """``clip_grad_norm_`` / ``clip_grad_value_``, before they run."""
+        if self.done or self.numerics_only:
+            return
+        if parameters is None:
+            parameters = kwargs.get("parameters")
+        tensors = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters or ())
+        params = [p for p in (self.provenance.known(t) for t in tensors if isinstance(t, torch.Tensor)) if p]
+        self._dispatch("on_clip", user_site(), params)
+
+    def _zeroed(self, result: Any, owner: Any, *args: Any, **kwargs: Any) -> None:
+        """``optimizer.zero_grad()`` / ``module.zero_grad()``: where, and after how many backward calls."""
+        if self.done or self.numerics_only:
+            return
+        if isinstance(owner, nn.Module):
+            tensors = list(owner.parameters())
+        else:
+            tensors = [t for g in getattr(owner, "param_groups", ()) for t in g.get("params", ())]
+        params = frozenset(p for p in (self.provenance.known(t) for t in tensors) if p is not None)
+        self.zero_grad_calls.append(ZeroGradCall(user_site(), self.steps, params, isinstance(owner, nn.Module)))
 
     def _module_made(self, result: Any, module: Any, *args: Any, **kwargs: Any) -> None:
         if not self.done and type(module).__module__.startswith("torch."):
@@ -703,6 +741,13 @@ class Doctor:
             inst.wrap(torch.amp.GradScaler, "scale", self._scaled)
             inst.wrap(nn.Module, "__init__", self._module_made)
             inst.wrap(nn.Module, "train", self._mode_set)
+            inst.wrap(torch.optim.Optimizer, "zero_grad", self._zeroed)
+            inst.wrap(torch.amp.GradScaler, "unscale_", self._unscaled)
+            for module in (torch.nn.utils, torch.nn.utils.clip_grad):
+                for name in ("clip_grad_norm_", "clip_grad_value_", "clip_grad_norm"):
+                    if hasattr(module, name):
+                        inst.wrap_before(module, name, self._clipping)
+            inst.wrap(nn.Module, "zero_grad", self._zeroed)
             inst.wrap(multiprocessing.process.BaseProcess, "start", self._process_started)
             inst.enter(Recorder(self))
         except BaseException:

@@ -56,6 +56,11 @@ MUST_NOT_FLAG = {
     "frozen_batchnorm_finetune": "BatchNorm frozen one by one, a frozen backbone in eval under a trained probe",
     "large_scale_regression": "a loss of large scale (1e9) in steady descent",
     "deep_kaiming_relu_sgd": "a deep Kaiming-initialised ReLU MLP trained by fast SGD",
+    "pairwise_metric_losses": "pairwise distances and similarities, a per-feature weight: broadcasts on purpose",
+    "loss_history_as_numbers": "+= loss.item(), append(loss.detach()), the previous loss kept, micro-batches summed",
+    "checkpoint_non_reentrant": "use_reentrant=False on the input, reentrant checkpoints on inputs that require grad",
+    "grad_scaler_unscale_then_clip": "scaler.unscale_(optimizer) before clip_grad_norm_; a disabled scaler",
+    "gan_zero_grad_orders": "D.zero_grad() between the generator's backward and opt_g.step()",
 }
 PLAIN_CLEAN = ["mlp_cross_entropy", "small_cnn", "mse_regression", "embedding", "lr_scheduler"]
 MIN_SCRIPTS_PER_KIND = {kind: 2 for kind in KINDS} | {"graph-break": 3, "loss-input": 3}

@@ -112,6 +112,12 @@ class Check:
         """A model (a module called while no other module runs) is about to run its forward on
         ``args``, in a watched step; called quietly (the doctor's hooks are inert inside)."""
 
+    def on_clip(self, site: Site | None, params: list[Param]) -> None:
+        """``clip_grad_norm_`` / ``clip_grad_value_`` is about to clip the gradients of ``params``."""
+
+    def on_unscale(self, params: list[Param]) -> None:
+        """A ``GradScaler`` unscaled the gradients of these parameters (``scaler.unscale_``)."""
+
     def on_crash(self, error: BaseException) -> None:
         """The watched code ended by raising ``error`` (called before :meth:`finish`, or after
         it when the script runner reports the failure)."""

@@ -92,9 +92,14 @@ class GraphBreak(Check):
             if not broken:
                 continue
             by_cut: dict[tuple, set] = {}
-            for cut in decisive_cuts(pending.cuts, broken):
+            cuts = decisive_cuts(pending.cuts, broken)
+            # chained reentrant checkpoints: the first one's output requires no grad, so the next one's
+            # inputs do not either; the fix of the first (use_reentrant=False) mends them all
+            first = min((c for c in cuts if c.reason == "checkpoint" and c.site), key=_order, default=None)
+            for cut in cuts:
                 lookup = any(c.site == cut.site and c.op == cut.op for c in self.lookups)
-                by_cut.setdefault((cut.site, cut.op, cut.reason, lookup), set()).update(cut.params)
+                at = first if first is not None and cut.reason == "checkpoint" else cut
+                by_cut.setdefault((at.site, at.op, at.reason, lookup), set()).update(cut.params)
             for (site, op, reason, lookup), params in by_cut.items():
                 what, fix = _explain(op, reason, lookup)
                 self.doctor.add(
@@ -121,6 +126,10 @@ class GraphBreak(Check):
                     step=pending.step + 1,
                     data={"cut": "unknown"},
                 )
+
+
+def _order(cut) -> tuple:
+    return (cut.site.file, cut.site.line)
 
 
 def _trainable(p) -> bool:
@@ -169,6 +178,16 @@ def _explain(op: str, reason: str, lookup: bool) -> tuple[str, str]:
             f"straight-through gradient)."
         )
         return f"{op} returns {kind} tensor", fix
+    if reason == "checkpoint":
+        what = (
+            "a reentrant torch.utils.checkpoint (use_reentrant=True) is given inputs none of which requires grad: it "
+            "runs its block under no_grad and returns a result without autograd history"
+        )
+        fix = (
+            "Pass use_reentrant=False to torch.utils.checkpoint.checkpoint (then the block's parameters get their "
+            "gradient whatever its inputs); with the reentrant variant an input must require grad."
+        )
+        return what, fix
     if reason == "extract":
         fix = (
             f".{op}() turns the tensor into Python numbers and torch.tensor(...) makes a new leaf without history: "

@@ -31,10 +31,12 @@ class MissingZeroGrad(Check):
     def __init__(self, doctor):
         super().__init__(doctor)
         self.since: dict = {}  # param -> the watched step at which its current gradient began (-1: before)
+        self.latest: dict = {}  # param -> the latest watched step whose backward reached it
 
     def before_backward(self, event: BackwardEvent) -> None:
         fresh = event.fresh  # also for the unseen parameters, while their gradients are as before
         for p in event.reached:
+            self.latest[p] = event.step
             if p in fresh:
                 self.since[p] = event.step
             else:
@@ -66,6 +68,8 @@ class MissingZeroGrad(Check):
         last = event.optimizer.last_step_at
         if event.closure or last is None:
             return
+        if all(self.latest.get(p, -1) < last for p in event.params):
+            return  # no backward since its previous step: nothing accumulated (step-without-gradient's case)
         suspects = []
         for p in event.params:
             t = p.tensor()
