@@ -296,8 +296,9 @@ class Provenance:
                 site = ev.site
                 if reason == "no_grad":
                     site = no_grad_site()
-                    if site is None and in_reentrant_checkpoint():
-                        reason = "checkpoint"  # its block runs under no_grad: no input requires grad
+                    call = in_reentrant_checkpoint() if site is None else None
+                    if call is not None:
+                        reason, site = "checkpoint", call  # its block runs under no_grad: no input requires grad
                     site = site or ev.site
                 o_cuts = cuts_f | {Cut(site, op, reason, grad_f)}
             elif grad_prov and (op in ZERO_DERIVATIVE or (op in CLAMPS and _saturated(op, ev.args, ev.kwargs))):

@@ -64,7 +64,7 @@ def format_report(
     if script is not None:
         lines.append(f"script: {script}")
     if steps is not None and numerics_steps:
-        lines.append(f"Then {numerics_steps} more step(s) were watched for non-finite values only.")
+        lines.append(f"Then {numerics_steps} more step(s) were watched for non-finite values and loop mistakes only.")
     if steps is not None and stopped:
         lines.append(
             f"The script was stopped at its {_ordinal(steps + numerics_steps + 1)} backward(), after the watched steps."

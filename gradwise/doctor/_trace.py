@@ -188,16 +188,19 @@ def _checkpoint_file() -> str:
     return torch.utils.checkpoint.__file__
 
 
-def in_reentrant_checkpoint() -> bool:
-    """Whether torch.utils.checkpoint's reentrant function is running its block's forward
-    (which it does under no_grad, so that its result requires grad only through its inputs)."""
+def in_reentrant_checkpoint() -> Site | None:
+    """Where the user's code called torch.utils.checkpoint, when its reentrant function is
+    running the block's forward now (it does so under no_grad, so that its result requires
+    grad only through its inputs); None when it is not."""
     frame, checkpoint = sys._getframe(1), _checkpoint_file()
     while frame is not None:
         code = frame.f_code
         if code.co_name == "forward" and code.co_filename == checkpoint:
-            return True
+            while frame is not None and is_library(frame.f_code.co_filename):
+                frame = frame.f_back
+            return None if frame is None else Site(frame.f_code.co_filename, frame.f_lineno)
         frame = frame.f_back
-    return False
+    return None
 
 
 def _attribute_holding(owner: Any, obj: Any) -> str | None:

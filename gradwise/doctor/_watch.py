@@ -75,6 +75,7 @@ class OptimizerRecord:
     last_step_at: int | None = None  # the number of watched backward() calls at its last step
     params: set[Param] = field(default_factory=set)  # every parameter ever in its groups
     pending: StepEvent | None = None
+    pending_known: bool = True  # in the numerics-only steps: known from the watched steps (its update is measured)
 
     def optimizer(self) -> Any:
         return self.ref()
@@ -420,13 +421,23 @@ class Doctor:
             if isinstance(t, torch.Tensor)
         ]
 
+    def _known_params_of(self, optimizer: Any) -> list[Param]:
+        """The parameters of ``optimizer`` that have records (none is made)."""
+        out = []
+        for group in getattr(optimizer, "param_groups", ()):
+            for t in group.get("params", ()):
+                p = self.provenance.known(t) if isinstance(t, torch.Tensor) else None
+                if p is not None:
+                    out.append(p)
+        return out
+
     def _optimizer_created(self, optimizer: Any) -> None:
         if not self.numerics_only:
             self._optimizer_record(optimizer, user_site())
 
     def _step_pre(self, optimizer: Any, args: tuple, kwargs: dict):
         if self.numerics_only:
-            return self._numerics_step_pre(optimizer)
+            return self._numerics_step_pre(optimizer, args, kwargs)
         rec = self._optimizer_record(optimizer, None)
         rec.step_site = user_site()
         params = self._params_of(optimizer)
@@ -455,12 +466,22 @@ class Doctor:
 
         return closure_under_the_doctor
 
-    def _numerics_step_pre(self, optimizer: Any) -> None:
-        """An optimizer step in the numerics-only steps: its update is measured, nothing else."""
+    def _numerics_step_pre(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+        """An optimizer step in the numerics-only steps: the update of an optimizer known from the
+        watched steps is measured, and the checks that also watch these steps see it (an
+        optimizer first seen now gets a record for them, with the parameters already known)."""
         rec = self._optimizer_of.get(optimizer)
-        if rec is not None:
-            rec.pending = StepEvent(rec, rec.step_site, self.steps, self._params_of(optimizer), False)
+        known = rec is not None
+        if rec is None:
+            rec = OptimizerRecord(next(self._serial), weakref.ref(optimizer), None, None)
+            self._optimizer_of[optimizer] = rec
+        rec.step_site = user_site()
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        rec.pending = StepEvent(rec, rec.step_site, self.steps, self._known_params_of(optimizer), closure is not None)
+        if known:
             self._stats("before_step", rec.pending)
+        self._dispatch("before_step", rec.pending, numerics=True)
+        rec.pending_known = known
         self.stepping = True
 
     def _step_post(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
@@ -468,8 +489,12 @@ class Doctor:
         if self.numerics_only:
             rec = self._optimizer_of.get(optimizer)
             if rec is not None and rec.pending is not None:
-                self._stats("after_step", rec.pending)
+                if rec.pending_known:
+                    self._stats("after_step", rec.pending)
+                self._dispatch("after_step", rec.pending, numerics=True)
                 rec.pending = None
+                rec.steps += 1
+                rec.last_step_at = self.steps
             return
         rec = self._optimizer_record(optimizer, None)
         event = rec.pending or StepEvent(rec, rec.step_site, self.steps, self._params_of(optimizer), False)
@@ -668,28 +693,28 @@ class Doctor:
     def _mode_set(self, result: Any, module: Any, mode: bool = True, *args: Any, **kwargs: Any) -> None:
         """``module.train(mode)`` / ``module.eval()``: which call left each module in its mode
         (a call recurses into the children, which finish first: the outermost call is last)."""
-        if not self.done and not self.numerics_only and isinstance(module, nn.Module):
+        if not self.done and isinstance(module, nn.Module):
             self.mode_calls[module] = (bool(mode), user_site(), self._mode_serial)
             self._mode_serial += 1
 
     def _unscaled(self, result: Any, scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> None:
         """``GradScaler.unscale_(optimizer)`` (also from inside ``scaler.step``)."""
-        if not self.done and not self.numerics_only:
-            self._dispatch("on_unscale", self._params_of(optimizer))
+        if not self.done:
+            self._dispatch("on_unscale", self._known_params_of(optimizer), numerics=self.numerics_only)
 
     def _clipping(self, parameters: Any = None, *args: Any, **kwargs: Any) -> None:
         """``clip_grad_norm_`` / ``clip_grad_value_``, before they run."""
-        if self.done or self.numerics_only:
+        if self.done:
             return
         if parameters is None:
             parameters = kwargs.get("parameters")
         tensors = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters or ())
         params = [p for p in (self.provenance.known(t) for t in tensors if isinstance(t, torch.Tensor)) if p]
-        self._dispatch("on_clip", user_site(), params)
+        self._dispatch("on_clip", user_site(), params, numerics=self.numerics_only)
 
     def _zeroed(self, result: Any, owner: Any, *args: Any, **kwargs: Any) -> None:
         """``optimizer.zero_grad()`` / ``module.zero_grad()``: where, and after how many backward calls."""
-        if self.done or self.numerics_only:
+        if self.done:
             return
         if isinstance(owner, nn.Module):
             tensors = list(owner.parameters())
@@ -810,9 +835,12 @@ def watch(
             ``watch``), or with ``stop=False`` left to run on unobserved.
         stop: see ``steps``.
         numerics_steps: after the watched steps, watch up to this many more for non-finite
-            values only (``non-finite``: the loss and the gradients, with the op and line
-            where the first NaN/Inf was born); no other check sees them. ``gradwise doctor``
-            uses 4 x ``--steps``: a loss often turns NaN a few steps into training.
+            values (``non-finite``: the loss and the gradients, with the op and line where
+            the first NaN/Inf was born) and the cheap loop checks (``eval-mode``,
+            ``step-without-gradient``, ``graph-leak``, ``unscaled-clip``), which need no
+            provenance; no other check sees them. ``gradwise doctor`` uses 4 x ``--steps``:
+            a loss often turns NaN a few steps into training, and a validation's ``eval()``
+            comes at the first epoch boundary.
 
     Raises:
         ArgumentTypeError: ``model`` is not an ``nn.Module`` or ``optimizer`` not a

@@ -33,7 +33,7 @@ def test_broken_script_exits_1_and_writes_json(tmp_path):
     assert "codes = distances.argmin(dim=1)" in result.stdout  # the offending source line
     assert "z + (q - z).detach()" in result.stdout  # the fix for a codebook lookup
     # its 5 steps: 2 watched, the other 3 (of up to 4 x 2) for non-finite values only, so it ends by itself
-    assert "Then 3 more step(s) were watched for non-finite values only." in result.stdout
+    assert "Then 3 more step(s) were watched for non-finite values and loop mistakes only." in result.stdout
     assert "stopped at its" not in result.stdout
     report = json.loads(out.read_text())
     assert set(report) == {

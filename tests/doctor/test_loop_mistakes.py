@@ -251,3 +251,26 @@ def test_a_reentrant_checkpoint_on_inputs_without_grad_is_one_graph_break_at_the
     (f,) = serious(dr)
     assert (f.kind, f.line, f.data["cut"]) == ("graph-break", line_of("ckpt-first"), "checkpoint")
     assert set(f.parameters) == starved and "use_reentrant=False" in f.fix
+
+
+# --- mistakes at an epoch boundary, after the watched steps ------------------------------------
+
+
+def test_mistakes_at_the_first_epoch_boundary_are_found_in_the_numerics_only_steps():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Dropout(0.3), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 5), torch.randn(32, 1)
+    with gw.doctor.watch(steps=2, numerics_steps=8) as dr:
+        for _epoch in range(2):
+            for i in range(4):  # 4 batches per epoch: the boundary comes after the 2 watched steps
+                opt.zero_grad()
+                F.mse_loss(model(x[i * 8 : i * 8 + 8]), y[i * 8 : i * 8 + 8]).backward()
+                opt.step()
+            opt.step()  # epoch-extra-step
+            model.eval()  # epoch-eval
+            with torch.no_grad():
+                F.mse_loss(model(x), y)
+    found = {(f.kind, f.line) for f in serious(dr)}
+    assert found == {("step-without-gradient", line_of("epoch-extra-step")), ("eval-mode", line_of("epoch-eval"))}
+    assert dr.watched_steps == 2 and dr.steps == 8

@@ -412,7 +412,7 @@ def test_a_nan_born_after_the_watched_steps_is_found_in_the_numerics_only_steps(
     f = nonfinite(dr)
     assert f is not None and f.line == line_of("later-log") and f.step == 4 and f.data["negative"] == 1
     assert (dr.watched_steps, dr.steps) == (2, 4)  # stopped at the first non-finite value
-    assert "Then 2 more step(s) were watched for non-finite values only." in dr.report()
+    assert "Then 2 more step(s) were watched for non-finite values and loop mistakes only." in dr.report()
 
 
 def test_the_numerics_only_steps_teach_the_other_checks_nothing():

@@ -93,8 +93,9 @@ class Check:
 
     kind: ClassVar[str] = ""
     order: ClassVar[int] = 100  # position in KINDS and in the order checks see events
-    # a numerics check also sees the backward events of the numerics-only steps and finishes at
-    # the very end; the others finish when those steps begin
+    # a numerics check also sees the events of the numerics-only steps (backward, optimizer steps,
+    # clipping; no operations, and no provenance is kept then) and finishes at the very end; the
+    # others finish when those steps begin
     numerics: ClassVar[bool] = False
     ops: ClassVar[frozenset[str]] = frozenset()
 

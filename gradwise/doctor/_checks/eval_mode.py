@@ -38,6 +38,7 @@ def _mode_dependent(module: nn.Module) -> bool:
 class EvalMode(Check):
     kind = "eval-mode"
     order = 60
+    numerics = True  # also judged in the numerics-only steps (a mistake at an epoch boundary)
 
     def before_step(self, event: StepEvent) -> None:
         doctor = self.doctor

@@ -36,6 +36,7 @@ _TWICE_FIX = (
 class StepWithoutGradient(Check):
     kind = "step-without-gradient"
     order = 78
+    numerics = True  # also judged in the numerics-only steps (a mistake at an epoch boundary)
 
     def __init__(self, doctor):
         super().__init__(doctor)

@@ -24,6 +24,7 @@ _FIX = (
 class UnscaledClip(Check):
     kind = "unscaled-clip"
     order = 85
+    numerics = True  # also judged in the numerics-only steps (a mistake at an epoch boundary)
 
     def __init__(self, doctor):
         super().__init__(doctor)
