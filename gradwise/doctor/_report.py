@@ -14,7 +14,7 @@ from gradwise.doctor._trace import source_line
 __all__ = ["format_report", "no_step_reason", "to_json"]
 
 _ORDER = {"error": 0, "warning": 1, "info": 2}
-_EXPLAINS_CRASH = ("stale-graph", "inplace-modification", "loss-input")
+_EXPLAINS_CRASH = ("stale-graph", "inplace-modification", "loss-input", "shape-mismatch")
 
 
 def _ordinal(n: int) -> str:

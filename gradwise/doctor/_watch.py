@@ -175,6 +175,7 @@ class Doctor:
         self.mode_calls: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._mode_serial = 0
         self.zero_grad_calls: deque[ZeroGradCall] = deque(maxlen=32)  # the latest zero_grad() calls
+        self._crash: int | None = None  # id of the error the watched code ended with
         # inside an optimizer's step (outside its closure): its own arithmetic is not recorded. Also
         # cleared by the next forward or backward, in case a step raised (no post-hook then).
         self.stepping = False
@@ -576,9 +577,9 @@ class Doctor:
     def crashed(self, error: BaseException) -> None:
         """The watched code ended by raising ``error`` (not :class:`StopWatching`): the checks
         that explain a crash (shape-mismatch) report it; once per error."""
-        if isinstance(error, StopWatching) or getattr(self, "_crash", None) is error:
+        if isinstance(error, StopWatching) or self._crash == id(error):
             return
-        self._crash = error
+        self._crash = id(error)  # not the error: its traceback would keep the user's tensors alive
         self._dispatch("on_crash", error)
         self._findings = None
 

@@ -61,10 +61,12 @@ MUST_NOT_FLAG = {
     "checkpoint_non_reentrant": "use_reentrant=False on the input, reentrant checkpoints on inputs that require grad",
     "grad_scaler_unscale_then_clip": "scaler.unscale_(optimizer) before clip_grad_norm_; a disabled scaler",
     "gan_zero_grad_orders": "D.zero_grad() between the generator's backward and opt_g.step()",
+    "reshape_fallback": "a view that raises on a transposed tensor, caught and retried with reshape",
+    "conv_flatten_sized_by_probe": "flatten(1) into a Linear sized by a dummy forward pass, a smaller last batch",
 }
 PLAIN_CLEAN = ["mlp_cross_entropy", "small_cnn", "mse_regression", "embedding", "lr_scheduler"]
 MIN_SCRIPTS_PER_KIND = {kind: 2 for kind in KINDS} | {"graph-break": 3, "loss-input": 3}
-RAISING_KINDS = {"stale-graph", "inplace-modification"}
+RAISING_KINDS = {"stale-graph", "inplace-modification", "shape-mismatch"}
 MAX_BROKEN_LINES = 60
 
 
