@@ -63,6 +63,11 @@ MUST_NOT_FLAG = {
     "gan_zero_grad_orders": "D.zero_grad() between the generator's backward and opt_g.step()",
     "reshape_fallback": "a view that raises on a transposed tensor, caught and retried with reshape",
     "conv_flatten_sized_by_probe": "flatten(1) into a Linear sized by a dummy forward pass, a smaller last batch",
+    "batchnorm_batch_statistics": "BatchNorm in train mode: samples interact through the batch statistics on purpose",
+    "transformer_batch_first": "TransformerEncoder(batch_first=True) attending over positions, logits view(-1, vocab)",
+    "permute_before_seq_first_lstm": "x.transpose(0, 1) before a sequence-first LSTM on DataLoader batches",
+    "time_major_gru_attention": "sequence-first GRU on (T, B, D) data with a softmax over dim 0, the time",
+    "minibatch_std_discriminator": "a minibatch-stddev feature (h.std(0)) in a GAN discriminator",
 }
 PLAIN_CLEAN = ["mlp_cross_entropy", "small_cnn", "mse_regression", "embedding", "lr_scheduler"]
 MIN_SCRIPTS_PER_KIND = {kind: 2 for kind in KINDS} | {"graph-break": 3, "loss-input": 3}
