@@ -677,7 +677,10 @@ class _SupportMode(TorchFunctionMode):
             self.states[out] = state
             return None
         tangent = _noise(out.shape, out.dtype, out.device) * mask.to(out.dtype)
-        dual = fwAD.make_dual(out, tangent)
+        primal, carried = fwAD.unpack_dual(out)
+        if carried is not None:  # already dual through another input (cat of an embedding and a dual tensor)
+            tangent = tangent + carried
+        dual = fwAD.make_dual(primal, tangent)
         self.states[dual] = state
         return dual
 

@@ -134,7 +134,10 @@ def test_view_instead_of_permute_in_a_cnn_is_found_with_the_target_as_evidence()
     f = mixing(dr)
     assert f is not None and f.line == line_of("crnn-view")
     assert f.data["reached"] == reached(dependence(before, x), f.data["sample"]) > 0
-    assert f.data["evidence"] == ["the loss target, of shape (6), has one row per element of the input's dim 0"]
+    assert f.data["evidence"] == [
+        "the loss target, of shape (6), has one row per element of the input's dim 0",
+        "the model's forward names the input's dim 0 'b'",  # b, c, h, w = f.shape
+    ]
     model = PermutedCRNN()  # the same network with the permute: clean
     assert not dependence(model, x).fill_diagonal_(False).any()
     dr = train(model, [(x, y)] * 3, F.cross_entropy)
@@ -668,3 +671,36 @@ def test_the_model_its_statistics_the_gradients_and_the_rng_are_untouched():
     assert m0.calls == m1.calls == 3 and len(m1.maps) == 3 and m1.last_input is not None
     assert all(torch.equal(a, b) for a, b in zip(m0.maps, m1.maps, strict=True))
     assert torch.is_grad_enabled() and torch._C._get_mkldnn_enabled() == m0.training is True
+
+
+class NamedBatchTagger(nn.Module):
+    """A sequence-first encoder whose forward says dim 0 is the batch (``b, t = tokens.shape``)
+    and then views instead of transposing; no DataLoader, no target evidence needed."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.rnn = nn.GRU(8, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        b, t = tokens.shape
+        x = self.embed(tokens).view(t, b, 8)  # named-view
+        h, _ = self.rnn(x)
+        return self.out(h.reshape(b, t, 8))
+
+
+def test_a_forward_that_names_dim_0_the_batch_is_evidence_for_a_sequence_first_model():
+    torch.manual_seed(0)
+    model = NamedBatchTagger()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.doctor.watch(steps=2) as dr:
+        for _ in range(2):
+            tokens = torch.randint(0, 20, (4, 6))
+            loss = model(tokens).pow(2).mean()  # no target to align with
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    f = mixing(dr)
+    assert f is not None and f.line == line_of("named-view")
+    assert "the model's forward names the input's dim 0 'b'" in f.data["evidence"]

@@ -25,8 +25,12 @@ evidence is needed for any sequence layer found running along the probed axis.
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import os
 import sys
+import textwrap
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
@@ -136,6 +140,9 @@ class BatchMixing(Check):
         reason = self._batches.get(x)
         if reason is not None:
             rec.evidence.add(reason)
+        named = _batch_named_in_forward(type(root))
+        if named is not None:
+            rec.evidence.add(f"the model's forward names the input's dim 0 {named!r}")
         self._other_inputs(rec, x, [*args, *kwargs.values()])
         try:
             rec.result = probe(root, args, kwargs, (where, key))
@@ -374,6 +381,49 @@ def _explain(event: MixEvent, rec: _Model, result: ProbeResult) -> tuple[str, st
                 "construct it with the matching batch_first."
             )
     return message, fix
+
+
+_BATCH_NAMES = frozenset({"b", "bs", "bsz", "batch", "batch_size", "batchsize", "n_batch", "nbatch", "B", "N"})
+
+
+@functools.lru_cache(maxsize=256)
+def _batch_named_in_forward(cls: type) -> str | None:
+    """The name the model's own ``forward`` gives the dim 0 of a tensor when it unpacks a
+    shape (``b, t = tokens.shape``, ``batch_size = x.size(0)``), when that name says batch;
+    else None. The user's own words that dim 0 holds the samples."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls.forward))
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+            continue
+        target, value = node.targets[0], node.value
+        first = None
+        if isinstance(target, ast.Tuple) and target.elts and _is_shape(value):
+            first = target.elts[0]
+        elif isinstance(target, ast.Name) and _is_dim0(value):
+            first = target
+        if isinstance(first, ast.Name) and first.id in _BATCH_NAMES:
+            return first.id
+    return None
+
+
+def _is_shape(e: ast.expr) -> bool:
+    """``x.shape`` or ``x.size()``."""
+    if isinstance(e, ast.Attribute):
+        return e.attr == "shape"
+    return isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and e.func.attr == "size" and not e.args
+
+
+def _is_dim0(e: ast.expr) -> bool:
+    """``x.shape[0]`` or ``x.size(0)``."""
+    if isinstance(e, ast.Subscript) and isinstance(e.value, ast.Attribute) and e.value.attr == "shape":
+        return isinstance(e.slice, ast.Constant) and e.slice.value == 0
+    if isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and e.func.attr == "size" and len(e.args) == 1:
+        return isinstance(e.args[0], ast.Constant) and e.args[0].value == 0
+    return False
 
 
 def _transformed() -> bool:
