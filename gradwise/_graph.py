@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["custom_function_nodes", "nodes", "reachable_leaves", "tensors_in"]
+__all__ = ["custom_function_nodes", "nodes", "reachable_leaves", "tensors_in", "unwrap_module"]
 
 
 def nodes(roots: Iterable[torch.Tensor]) -> Iterator[Any]:
@@ -66,3 +66,15 @@ def tensors_in(values) -> list[torch.Tensor]:
         elif isinstance(v, dict):
             out.extend(x for x in v.values() if isinstance(x, torch.Tensor))
     return out
+
+
+def unwrap_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside torch.compile and DDP / DataParallel wrappers."""
+    while True:
+        inner = getattr(module, "_orig_mod", None)
+        if isinstance(inner, torch.nn.Module):
+            module = inner
+        elif isinstance(module, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
+            module = module.module
+        else:
+            return module

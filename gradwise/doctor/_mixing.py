@@ -46,6 +46,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from gradwise._frames import is_library
+from gradwise._graph import unwrap_module
 from gradwise._losses import op_names
 from gradwise.doctor._trace import Site, locate
 
@@ -197,16 +198,7 @@ class ProbeResult:
 # --- the model and its input ------------------------------------------------------------------
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The user's module inside torch.compile and DDP / DataParallel wrappers."""
-    while True:
-        inner = getattr(module, "_orig_mod", None)
-        if isinstance(inner, nn.Module):
-            module = inner
-        elif isinstance(module, nn.parallel.DistributedDataParallel | nn.DataParallel):
-            module = module.module
-        else:
-            return module
+unwrap = unwrap_module
 
 
 _ALLOWED_HOOKS = ("WeightNorm", "SpectralNorm", "SpectralNormLoadStateDictPreHook", "SpectralNormStateDictHook")

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradwise._graph import reachable_leaves, tensors_in
+from gradwise._graph import reachable_leaves, tensors_in, unwrap_module
 from gradwise._hooks import Instrumentation
-from gradwise.doctor._checks import CHECKS, INPLACE, BackwardEvent, Check, StepEvent
+from gradwise.doctor._checks import CHECKS, INPLACE, BackwardEvent, Check, StepEvent, grad_state
 from gradwise.doctor._findings import Finding
 from gradwise.doctor._provenance import OpEvent, Param, Provenance
 from gradwise.doctor._recorder import Recorder
@@ -106,18 +106,6 @@ class _Raw:
     fix: str
     step: int | None
     data: dict
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The user's module inside torch.compile and DDP / DataParallel wrappers."""
-    while True:
-        inner = getattr(module, "_orig_mod", None)
-        if isinstance(inner, nn.Module):
-            module = inner
-        elif isinstance(module, nn.parallel.DistributedDataParallel | nn.DataParallel):
-            module = module.module
-        else:
-            return module
 
 
 class Doctor:
@@ -364,7 +352,7 @@ class Doctor:
     # --- models and optimizers ----------------------------------------------------------------
 
     def _add_model(self, module: nn.Module) -> None:
-        inner = _unwrap(module)
+        inner = unwrap_module(module)
         if inner in self._model_of:
             return
         rec = ModelRecord(next(self._serial), weakref.ref(inner), variable_name(module) or _class_name(inner), None)
@@ -541,7 +529,7 @@ class Doctor:
         with self.inst.quiet():
             try:
                 event = self._backward_event(args, kwargs)
-                unseen = {p: _grad_state(p) for p in event.unseen}
+                unseen = {p: grad_state(p) for p in event.unseen}
             except Exception as exc:
                 self.fault("backward (before)", exc)
                 self.steps += 1
@@ -558,7 +546,7 @@ class Doctor:
                 self.steps += 1
                 raise
             try:
-                event.late = {p for p in event.unseen if _grad_state(p) != unseen[p]}
+                event.late = {p for p in event.unseen if grad_state(p) != unseen[p]}
                 event.reached |= event.late
             except Exception as exc:
                 self.fault("backward (after)", exc)
@@ -793,13 +781,6 @@ class Doctor:
 
 
 _EXTEND = 4  # the most a watch is extended, as a multiple of its steps
-
-
-def _grad_state(p: Param) -> tuple:
-    """Which gradient tensor a parameter holds and its version: changes when backward writes it."""
-    t = p.tensor()
-    grad = None if t is None else t.grad
-    return (None, None) if grad is None else (id(grad), grad._version)
 
 
 def _class_name(module: nn.Module) -> str:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from gradwise.doctor._trace import Site
     from gradwise.doctor._watch import Doctor, OptimizerRecord
 
-__all__ = ["CHECKS", "INPLACE", "KINDS", "BackwardEvent", "Check", "StepEvent", "nonzero_counts"]
+__all__ = ["CHECKS", "INPLACE", "KINDS", "BackwardEvent", "Check", "StepEvent", "grad_state", "nonzero_counts"]
 
 INPLACE = "<inplace>"
 """The name under which a check asks for every in-place operation."""
@@ -154,6 +154,14 @@ def nonzero_counts(tensors: list[torch.Tensor]) -> list[int]:
         for i, n in zip(indices, torch.stack([torch.count_nonzero(v) for v in values]).tolist(), strict=True):
             counts[i] = n
     return counts
+
+
+def grad_state(p: Param) -> tuple:
+    """Which gradient tensor a parameter holds and its version: changes when backward (or a
+    hand-written ``p.grad = g``) writes it."""
+    t = p.tensor()
+    grad = None if t is None else t.grad
+    return (None, None) if grad is None else (id(grad), grad._version)
 
 
 def _fresh(params: set[Param]) -> set[Param]:

@@ -21,7 +21,7 @@ parameters have no gradient at all before any backward (a warm-up call, a no-op)
 
 from __future__ import annotations
 
-from gradwise.doctor._checks import BackwardEvent, Check, StepEvent, nonzero_counts
+from gradwise.doctor._checks import BackwardEvent, Check, StepEvent, grad_state, nonzero_counts
 
 _FIX = (
     "Call optimizer.zero_grad() before loss.backward() (or after optimizer.step()), never between backward() and "
@@ -59,7 +59,7 @@ class StepWithoutGradient(Check):
             self._twice(event, last)
 
     def after_step(self, event: StepEvent) -> None:
-        self.used[event.optimizer.key] = {p: _grad_state(p) for p in event.params}
+        self.used[event.optimizer.key] = {p: grad_state(p) for p in event.params}
 
     def _cleared(self, event: StepEvent, since: list) -> None:
         """Parameters a backward reached since the previous step: are their gradients gone?"""
@@ -113,7 +113,7 @@ class StepWithoutGradient(Check):
         before = self.used.get(event.optimizer.key)
         if before is None:
             return
-        same = [p for p in event.params if p in before and before[p][0] is not None and _grad_state(p) == before[p]]
+        same = [p for p in event.params if p in before and before[p][0] is not None and grad_state(p) == before[p]]
         if not same:
             return
         counts = nonzero_counts([_grad(p) for p in same])
@@ -136,8 +136,3 @@ class StepWithoutGradient(Check):
 def _grad(p):
     t = p.tensor()
     return None if t is None else t.grad
-
-
-def _grad_state(p) -> tuple:
-    g = _grad(p)
-    return (None, None) if g is None else (id(g), g._version)
