@@ -11,7 +11,7 @@ from gradwise._runner import Failure
 from gradwise.doctor._findings import Finding
 from gradwise.doctor._trace import source_line
 
-__all__ = ["format_report", "no_step_reason", "to_json"]
+__all__ = ["format_monitor", "format_report", "no_step_reason", "to_json"]
 
 _ORDER = {"error": 0, "warning": 1, "info": 2}
 _EXPLAINS_CRASH = ("stale-graph", "inplace-modification", "loss-input", "shape-mismatch")
@@ -38,6 +38,71 @@ def no_step_reason(autograd_grad_calls: int, crashed: Failure | None, child_proc
     if crashed is not None:
         return f"the script raised {crashed.type} before its first backward()"
     return "no backward() call was reached (the training loop did not run, or it trains by other means)"
+
+
+def _finding_lines(f: Finding) -> list[str]:
+    at = f.where() + (f" (step {f.step})" if f.step is not None else "")
+    lines = [f"{f.severity.upper()} {f.kind} at {at}"]
+    code = source_line(f.file, f.line)
+    if code:
+        lines.append(f"  {f.line:>5} | {code}")
+    lines.append(f"  {f.message}")
+    if f.parameters:
+        shown = ", ".join(f.parameters[:8]) + (f" (+{len(f.parameters) - 8} more)" if len(f.parameters) > 8 else "")
+        lines.append(f"  parameters: {shown}")
+    if f.fix:
+        lines.append(f"  fix: {f.fix}")
+    lines.append("")
+    return lines
+
+
+def format_monitor(
+    mon: Any, *, script: str | None = None, crashed: Failure | None = None, stopped: bool = False
+) -> str:
+    """A monitor's run in words: the steps seen and recorded, the alerts in step order, the
+    last recorded figures, how the run ended, and the monitor's own faults."""
+    records = mon.all_history()
+    findings = sorted(mon.findings, key=lambda f: f.step if f.step is not None else 0)
+    head = f"gradwise monitor: {len(findings)} alert(s) over {mon.steps} optimizer step(s)"
+    if records:
+        head += f", {len(records)} recorded (every {mon.every})"
+    lines = [head]
+    if script is not None:
+        lines.append(f"script: {script}")
+    lines.append("")
+    for f in findings:
+        lines.extend(_finding_lines(f))
+    if mon.steps == 0:
+        lines.append(
+            "No optimizer step was seen, so nothing was recorded: the monitor records at optimizer.step() (a "
+            "hand-written update, or a training in a child process, is not seen)."
+        )
+        lines.append("")
+    elif not findings and crashed is None and not stopped:
+        lines.append(f"No alert over the {len(records)} recorded step(s).")
+        lines.append("")
+    if records:
+        last = records[-1]
+        loss = last.get("loss")
+        lines.append(
+            f"Last recorded step {last['step']}: total gradient norm {last.get('grad_norm_total', float('nan')):.4g}"
+            + (f", loss {loss:.4g}" if loss is not None else "")
+            + "."
+        )
+        lines.append("")
+    if stopped:
+        lines.append("The script was stopped at the first alert (--stop-at-alert).")
+        lines.append("")
+    if crashed is not None:
+        lines.append(f"The script raised {crashed.type}: {crashed.message}")
+        if crashed.traceback:
+            lines.append(crashed.traceback.rstrip())
+        lines.append("")
+    if mon.internal_errors:
+        lines.append(f"The monitor had {len(mon.internal_errors)} internal error(s) (please report this):")
+        lines.extend(f"  {e}" for e in mon.internal_errors[:10])
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def format_report(
@@ -71,18 +136,7 @@ def format_report(
         )
     lines.append("")
     for f in sorted(findings, key=lambda f: (_ORDER.get(f.severity, 3), f.file or "", f.line or 0)):
-        at = f.where() + (f" (step {f.step})" if f.step is not None else "")
-        lines.append(f"{f.severity.upper()} {f.kind} at {at}")
-        code = source_line(f.file, f.line)
-        if code:
-            lines.append(f"  {f.line:>5} | {code}")
-        lines.append(f"  {f.message}")
-        if f.parameters:
-            shown = ", ".join(f.parameters[:8]) + (f" (+{len(f.parameters) - 8} more)" if len(f.parameters) > 8 else "")
-            lines.append(f"  parameters: {shown}")
-        if f.fix:
-            lines.append(f"  fix: {f.fix}")
-        lines.append("")
+        lines.extend(_finding_lines(f))
     if steps == 0:
         lines.append(
             "No training step was watched, so nothing can be said about the gradient flow: "

@@ -167,6 +167,9 @@ class Doctor:
         # inside an optimizer's step (outside its closure): its own arithmetic is not recorded. Also
         # cleared by the next forward or backward, in case a step raised (no post-hook then).
         self.stepping = False
+        # set by the monitor when it arms a watch after an update wrote non-finite values into the weights: a
+        # birth in the step's own computation is then the cause, the weights' NaN its result
+        self.weights_known_nonfinite = False
         self.inst = Instrumentation(on_fault=self.fault)
         self.checks: list[Check] = [cls(self) for cls in CHECKS]
         self.subscribers: dict[str, list[Check]] = {}

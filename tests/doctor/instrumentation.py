@@ -30,6 +30,7 @@ def global_state() -> tuple:
         torch.nn.Module.zero_grad,
         torch.optim.Optimizer.zero_grad,
         torch.amp.GradScaler.unscale_,
+        torch.autograd.backward,
         torch.nn.utils.clip_grad_norm_,
         torch.nn.utils.clip_grad_value_,
         torch.nn.utils.clip_grad.clip_grad_norm_,

@@ -221,16 +221,34 @@ class NonFinite(Check):
                 stack.extend(j for j in rec.inputs if state[j] == "deliberate")
                 continue
             inputs = [j for j in rec.inputs if state[j] == "nonfinite"]
-            if inputs:
+            if inputs and not self._singular(rec):
                 stack.extend(inputs)
             else:
                 births.append(i)
         if births:
+            if self.doctor.weights_known_nonfinite:  # armed by the monitor after an update wrote NaN into them
+                computed = [i for i in births if ops[i].source != "parameter"]
+                births = computed or births
             return ops[min(births)]
         # only -inf written on purpose reached the loss: name the reduction that kept it (a row masked everywhere)
         reducers = [i for i in deliberate if _base(ops[i].op) in _REDUCERS]
         chosen = min(reducers) if reducers else (max(deliberate) if deliberate else None)
         return None if chosen is None else ops[chosen]
+
+    def _singular(self, rec: OpRecord) -> bool:
+        """With weights known to be non-finite (the monitor armed this watch after an update wrote
+        NaN into them), an operation at a singular point (a division by 0, log or sqrt of a value
+        <= 0) is a birth of its own even though an input is already non-finite: it would have
+        made Inf/NaN from the finite weights too."""
+        if not self.doctor.weights_known_nonfinite or rec.evidence is None:
+            return False
+        op = _base(rec.op)
+        ev = _values(rec.evidence)
+        if op in _DIVS:
+            return ev[0] > 0
+        if op in _LOGS | {"log1p", "sqrt", "rsqrt"}:
+            return ev[0] + ev[1] > 0
+        return False
 
     @staticmethod
     def _carried(rec: OpRecord, state: list[str]) -> bool:
