@@ -16,6 +16,7 @@ EXTRAS = {
     "tensorboard": "tensorboard",
     "sklearn": "sklearn",
     "rich": "rich",
+    "lightning": "lightning",
 }
 
 

@@ -19,7 +19,7 @@ PUBLIC_MODULES = [
     "gradwise.per_sample",
     "gradwise.doctor",
 ]
-OPTIONAL = ["triton", "matplotlib", "tensorboard", "sklearn", "rich"]
+OPTIONAL = ["triton", "matplotlib", "tensorboard", "sklearn", "rich", "lightning", "pytorch_lightning"]
 
 
 @pytest.mark.parametrize("module_name", PUBLIC_MODULES)
@@ -79,6 +79,8 @@ def test_import_imports_no_optional_dependency():
         import sys
         loaded = [m for m in BLOCKED if m in sys.modules]
         assert not loaded, loaded
+        integrations = [m for m in sys.modules if m.startswith("gradwise.integrations")]
+        assert not integrations, integrations
         print("ok")
         """
         )
