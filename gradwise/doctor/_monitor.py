@@ -241,6 +241,7 @@ class GradientMonitor:
         self._pending: dict[int, _Pending] = {}
         self._losses: list[torch.Tensor] = []
         self._late: list[Finding] = []
+        self._held: list[dict] = []  # records not yet in the log: a non-finite value's line is being looked for
         self._roots: list[weakref.ref] = []
         self.model_calls: list[ModelCall] = []  # the recorded step's model calls so far
         self._scaled: Any = None
@@ -702,9 +703,10 @@ class GradientMonitor:
             self.history.append(record)
         else:
             self._latest.append(record)
-        if self._jsonl is not None:
-            self._jsonl.write(json.dumps(record) + "\n")
-            self._jsonl.flush()
+        if self._locator is not None or self._held:
+            self._held.append(record)  # the log waits for the finding its step will carry
+        else:
+            self._write(record)
         if self._writer is not None:
             from gradwise.integrations.tensorboard import write_record
 
@@ -714,17 +716,29 @@ class GradientMonitor:
         if self.alerts == "raise" and new:
             raise GradientAlert(new[0], self)
 
+    def _write(self, record: dict) -> None:
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+
     def add_finding(self, finding: Finding, stop: bool = True) -> None:
-        """A finding that arrives between records (the localisation of a non-finite value):
-        in ``findings``, TensorBoard and the next record's ``findings`` of the log."""
+        """A finding completed after its step's record was made (the non-finite value whose
+        line the armed recorder named later): it joins that record's ``findings`` (whose line
+        in the log was held back until now), ``findings`` and TensorBoard's text."""
         self.findings.append(finding)
-        self._late.append(finding)
+        target = next((r for r in self._held if r["step"] == finding.step), self._held[0] if self._held else None)
+        if target is not None:
+            target["findings"].append(finding.to_dict())
+        else:  # its step's record is being made now (a replay named it at once)
+            self._late.append(finding)
         if self._writer is not None:
             from gradwise.integrations.tensorboard import write_findings
 
             write_findings(self._writer, [finding.to_dict()], finding.step or self.steps)
-        if self._jsonl is not None and not self.attached:  # no record will follow: a line of its own
-            self._jsonl.write(json.dumps({"step": finding.step, "findings": [finding.to_dict()], "late": True}) + "\n")
+        if self._locator is None:
+            held, self._held = self._held, []
+            for record in held:
+                self._write(record)
         if stop and self.alerts == "raise":
             raise GradientAlert(finding, self)
 
@@ -760,6 +774,9 @@ class GradientMonitor:
         for rec in list(self._optimizers.values()):
             if rec is not None:
                 rec.buffer = []
+        held, self._held = self._held, []
+        for record in held:
+            self._write(record)
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
@@ -969,11 +986,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                     f"report: {path}:{number} is not a monitor record (expected an object with an integer 'step', "
                     f"got {str(value)[:60]})"
                 )
-            if value.get("late"):  # findings completed after the last record (the run ended): to their step
-                target = next((r for r in reversed(records) if r["step"] <= value["step"]), None)
-                if target is not None:
-                    target.setdefault("findings", []).extend(value.get("findings", []))
-                continue
             records.append(value)
     return records
 

@@ -629,3 +629,24 @@ def test_cli_live_status_only_on_a_terminal():
         progress.end()
     assert term.getvalue() == "\r\x1b[2Kgradwise monitor: step 7 | loss 0.25 | grad norm 1.5 | alerts 1\n"
     assert pipe.getvalue() == ""
+
+
+def test_the_log_holds_one_record_per_step_also_when_the_run_ends_on_a_nan(tmp_path):
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    path = tmp_path / "run.jsonl"
+    with gw.doctor.monitor(model, opt, jsonl=path) as mon:
+        for step in range(1, 6):
+            opt.zero_grad()
+            loss = F.mse_loss(model(torch.randn(8, 6)), torch.rand(8, 8))
+            if step >= 4:  # the recorder, armed after step 4, is still waiting when the run ends
+                loss = loss + torch.log(torch.zeros(()))
+            loss.backward()
+            opt.step()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4, 5]
+    assert all(set(r) >= {"params", "modules", "loss", "findings"} for r in lines)
+    assert len(mon.findings) == 1, (mon.findings, mon.internal_errors, [r["loss"] for r in lines])
+    (f,) = mon.findings
+    assert [x["kind"] for x in lines[3]["findings"]] == ["non-finite"] and lines[3]["findings"][0]["step"] == 4
+    assert f.line == _line_of("loss = loss + torch.log(torch.zeros(()))")
