@@ -157,7 +157,8 @@ class Judge:
         finite = loss is not None and math.isfinite(loss)
         if not gradients:
             return None if finite else mon._rank
-        device = next(iter(mon._known.values())).device if mon._known else torch.device("cpu")
+        known = list(mon._known.values())
+        device = known[0].device if known else torch.device("cpu")
         if dist.get_backend() == "gloo":
             device = torch.device("cpu")
         flag = torch.tensor([0.0 if finite else 1.0], device=device)

@@ -228,7 +228,8 @@ class GradientMonitor:
         self._faults: dict[str, int] = {}
         self._inst: Instrumentation | None = None
         self._handles: list = []
-        self._known: dict[int, torch.Tensor] = {}  # id -> parameter, for the monitored parameters
+        # id -> parameter, weakly (the models of finished k-fold folds are freed; ``_mine`` checks identity)
+        self._known: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._names: dict[int, str] = {}
         self._order: dict[int, int] = {}
         self._name_order: dict[str, int] = {}
@@ -327,15 +328,19 @@ class GradientMonitor:
             inner.register_forward_pre_hook(self._guard("model forward pre-hook", self._model_call), with_kwargs=True)
         )
         for name, p in inner.named_parameters():
-            if id(p) in self._known:
+            if self._mine(p):
                 continue
             self._name(p, prefix + name)
         for name, m in inner.named_modules():
             if isinstance(m, nn.Embedding | nn.EmbeddingBag):
                 self.embeddings.update(prefix + (f"{name}." if name else "") + n for n, _ in m.named_parameters())
-            if isinstance(m, DEAD + SATURATING) and id(m) not in self._activations:
+            known = self._activations.get(id(m))
+            if isinstance(m, DEAD + SATURATING) and (known is None or known[0].module() is not m):
                 self._activations[id(m)] = [_Activation(prefix + (name or type(m).__name__), weakref.ref(m))]
                 self._handles.append(m.register_forward_hook(self._guard("activation hook", self._activation)))
+
+    def _mine(self, p: Any) -> bool:
+        return self._known.get(id(p)) is p
 
     def _name(self, p: torch.Tensor, name: str) -> None:
         self._known[id(p)] = p
@@ -383,16 +388,16 @@ class GradientMonitor:
         if rec is not None and rec.signature == signature:
             return rec
         tensors = [p for g in groups for p in g["params"]]
-        if not self._models and not any(id(p) in self._known for p in tensors):
+        if not self._models and not any(self._mine(p) for p in tensors):
             self._discover(opt)
-        mine = [(self._names[id(p)], p) for p in tensors if id(p) in self._known]
+        mine = [(self._names[id(p)], p) for p in tensors if self._mine(p)]
         if not mine:
             if self._optimizers_given or not self._models:  # a given optimizer, or a script's: name them by position
                 for gi, g in enumerate(groups):
                     for pi, p in enumerate(g["params"]):
-                        if id(p) not in self._known:
+                        if not self._mine(p):
                             self._name(p, f"{_variable(opt) or 'optimizer'}.group{gi}.{pi}")
-                mine = [(self._names[id(p)], p) for p in tensors if id(p) in self._known]
+                mine = [(self._names[id(p)], p) for p in tensors if self._mine(p)]
             if not mine:
                 self._optimizers[opt] = None
                 return None
@@ -426,9 +431,8 @@ class GradientMonitor:
                 o is not m and any(sub is unwrap_module(m) for sub in unwrap_module(o).modules()) for _, o in found
             )
         ]
-        several = len(roots) > 1 or bool(self._known)
-        for name, module in roots:
-            self._add_model(f"{name}." if several else "", module)
+        for name, module in roots:  # named by their variable: the same names fold after fold, G and D apart
+            self._add_model(f"{name}.", module)
 
     # --- hooks ----------------------------------------------------------------------------------
 
@@ -465,7 +469,7 @@ class GradientMonitor:
         pairs = [
             (p, p.grad)
             for p in tensors
-            if isinstance(p, torch.Tensor) and id(p) in self._known and p.grad is not None and not p.grad.is_sparse
+            if isinstance(p, torch.Tensor) and self._mine(p) and p.grad is not None and not p.grad.is_sparse
         ]
         if not pairs:
             return
