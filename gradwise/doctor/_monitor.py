@@ -750,7 +750,12 @@ class GradientMonitor:
 
     def _open_outputs(self) -> None:
         if self._jsonl_path is not None:
-            self._jsonl = open(self._jsonl_path, "w", encoding="utf-8")
+            try:
+                self._jsonl = open(self._jsonl_path, "w", encoding="utf-8")  # closed on detach
+            except OSError as exc:
+                raise ArgumentError(
+                    f"monitor: jsonl: cannot write {self._jsonl_path} ({exc.strerror or type(exc).__name__})"
+                ) from None
         tb = self._tensorboard
         if isinstance(tb, str | os.PathLike):
             from gradwise._optional import require

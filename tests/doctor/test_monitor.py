@@ -518,6 +518,10 @@ def test_bad_arguments_are_named():
         gw.doctor.GradientMonitor(model, tensorboard=42)
     with pytest.raises(ArgumentTypeError, match="jsonl must be a path"):
         gw.doctor.GradientMonitor(model, jsonl=3)
+    state = global_state()
+    with pytest.raises(ArgumentError, match=r"monitor: jsonl: cannot write .*missing.*No such file or directory"):
+        gw.doctor.monitor(model, jsonl="/nonexistent/missing/run.jsonl").__enter__()
+    assert global_state() == state  # nothing left installed
 
 
 def test_attach_detach_without_with():
@@ -650,3 +654,16 @@ def test_the_log_holds_one_record_per_step_also_when_the_run_ends_on_a_nan(tmp_p
     (f,) = mon.findings
     assert [x["kind"] for x in lines[3]["findings"]] == ["non-finite"] and lines[3]["findings"][0]["step"] == 4
     assert f.line == _line_of("loss = loss + torch.log(torch.zeros(()))")
+
+
+def test_the_bundled_late_divergence_example(tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "monitor_late_divergence.py"
+    html = tmp_path / "report.html"
+    out = _cli("monitor", str(script), "--html", str(html))
+    assert out.returncode == 1, out.stdout + out.stderr
+    heads = [line.split(" at ")[0] + " " + line.rsplit(" ", 1)[-1] for line in out.stdout.splitlines()]
+    heads = [h for h in heads if h.startswith(("ERROR", "WARNING"))]
+    assert heads == ["ERROR exploding-gradient 153)", "ERROR non-finite 180)", "WARNING dead-units 158)"], out.stdout
+    assert "mse_loss returned Inf" in out.stdout and html.stat().st_size > 10_000
