@@ -665,5 +665,5 @@ def test_the_bundled_late_divergence_example(tmp_path):
     assert out.returncode == 1, out.stdout + out.stderr
     heads = [line.split(" at ")[0] + " " + line.rsplit(" ", 1)[-1] for line in out.stdout.splitlines()]
     heads = [h for h in heads if h.startswith(("ERROR", "WARNING"))]
-    assert heads == ["ERROR exploding-gradient 153)", "ERROR non-finite 180)", "WARNING dead-units 158)"], out.stdout
+    assert heads == ["ERROR exploding-gradient 153)", "WARNING dead-units 158)", "ERROR non-finite 180)"], out.stdout
     assert "mse_loss returned Inf" in out.stdout and html.stat().st_size > 10_000
