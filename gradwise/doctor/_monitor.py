@@ -402,7 +402,13 @@ class GradientMonitor:
                 self._optimizers[opt] = None
                 return None
         mine.sort(key=lambda item: self._order[id(item[1])])
-        name = rec.name if rec is not None else (_variable(opt) or f"optimizer {len(self._optimizers)}")
+        if rec is not None:
+            name = rec.name
+        else:  # its variable's name, made unique (Lightning holds every optimizer in a variable named optimizer)
+            name = _variable(opt) or "optimizer"
+            taken = {r.name for r in self._optimizers.values() if r is not None}
+            if name in taken:
+                name = next(f"{name} {i}" for i in range(1, len(taken) + 2) if f"{name} {i}" not in taken)
         rec = _Optimizer(weakref.ref(opt), name, mine, signature)
         if opt not in self._optimizers:
             # its own post-hook, not a global one: the global ones are iterated after it, so that arming

@@ -667,3 +667,19 @@ def test_the_bundled_late_divergence_example(tmp_path):
     heads = [h for h in heads if h.startswith(("ERROR", "WARNING"))]
     assert heads == ["ERROR exploding-gradient 153)", "WARNING dead-units 158)", "ERROR non-finite 180)"], out.stdout
     assert "mse_loss returned Inf" in out.stdout and html.stat().st_size > 10_000
+
+
+def test_a_recurring_nan_constant_is_named_although_the_update_poisoned_the_weights():
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gw.doctor.monitor(model, opt) as mon:
+        for step in range(1, 9):
+            opt.zero_grad()
+            loss = F.mse_loss(model(torch.randn(8, 6)), torch.rand(8, 8))
+            if step >= 5:
+                loss = loss * float("nan")  # a NaN written in from step 5 on
+            loss.backward()
+            opt.step()
+    (f,) = mon.findings
+    assert (f.kind, f.step, f.line) == ("non-finite", 5, _line_of('loss = loss * float("nan")  # a NaN written'))
+    assert "given NaN as a number" in f.message

@@ -239,8 +239,12 @@ class NonFinite(Check):
         """With weights known to be non-finite (the monitor armed this watch after an update wrote
         NaN into them), an operation at a singular point (a division by 0, log or sqrt of a value
         <= 0) is a birth of its own even though an input is already non-finite: it would have
-        made Inf/NaN from the finite weights too."""
-        if not self.doctor.weights_known_nonfinite or rec.evidence is None:
+        made Inf/NaN from the finite weights too; so is one given a NaN as a number."""
+        if not self.doctor.weights_known_nonfinite:
+            return False
+        if any(isinstance(v, float) and math.isnan(v) for v in rec.scalars):
+            return True  # a NaN written in: loss * float("nan"), x.fill_(nan)
+        if rec.evidence is None:
             return False
         op = _base(rec.op)
         ev = _values(rec.evidence)
@@ -407,6 +411,13 @@ class NonFinite(Check):
                 "0 * inf is NaN: a tensor holding zeros was multiplied by inf (a mask built by multiplication).",
                 "Build the mask with masked_fill: scores.masked_fill(~keep, float('-inf')), not keep * -inf.",
                 data,
+            )
+        if any(isinstance(v, float) and math.isnan(v) for v in rec.scalars):
+            return (
+                f"{op} is given NaN as a number here (float('nan')), so its result is NaN ({of} elements).",
+                "Remove the NaN constant; to mark missing values use a boolean mask (and torch.nan_to_num or "
+                "torch.where to fill them) instead of NaN inside the computation.",
+                {**data, "nan_constant": True},
             )
         largest = _largest_input(rec)
         msg = f"{op} returned {value} ({of} elements) although all its inputs are finite"
