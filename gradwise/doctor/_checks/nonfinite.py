@@ -415,8 +415,10 @@ class NonFinite(Check):
         if any(isinstance(v, float) and math.isnan(v) for v in rec.scalars):
             return (
                 f"{op} is given NaN as a number here (float('nan')), so its result is NaN ({of} elements).",
-                "Remove the NaN constant; to mark missing values use a boolean mask (and torch.nan_to_num or "
-                "torch.where to fill them) instead of NaN inside the computation.",
+                (
+                    "Remove the NaN constant; to mark missing values use a boolean mask (and torch.nan_to_num or "
+                    "torch.where to fill them) instead of NaN inside the computation."
+                ),
                 {**data, "nan_constant": True},
             )
         largest = _largest_input(rec)
