@@ -547,31 +547,30 @@ class GradientMonitor:
             return
         clipped = self._clipped or {}
         pending.sharded = _sharding(tensors)
-        if (
-            clipped
-            and pending.sharded is None
-            and all(id(p) in clipped and clipped[id(p)][0] is p.grad for p in tensors)
-        ):
-            grad_norms = torch.stack([clipped[id(p)][1] for p in tensors])
-            pending.weight_norms = _norms([p.detach() for p in tensors])
-        elif pending.copied:  # a closure's later evaluation: new gradients; the weights' norm is the step's first
-            grad_norms = _norms([_dense(p.grad) for p in tensors])
-            if pending.sharded is not None:
-                grad_norms = _all_reduce_norms(grad_norms, pending.sharded, _mesh_group(tensors))
-        else:
-            both = _norms([_dense(p.grad) for p in tensors] + [_local(p) for p in tensors])
-            if pending.sharded is not None:
-                both = _all_reduce_norms(both, pending.sharded + pending.sharded, _mesh_group(tensors))
-            grad_norms, pending.weight_norms = both[: len(tensors)], both[len(tensors) :]
-        pending.grad_norms = grad_norms
-        if grad_norms.device.type == "cpu":  # reading a CPU tensor is no transfer: know now whether they are finite
-            pending.finite = bool(torch.isfinite(grad_norms).all())
-        if not pending.copied:
+        first = not pending.copied
+        if first:  # the weights first: their norms are then read from the copy, while it is in the cache
             values = [_local(p) for p in tensors]
             if [(b.shape, b.dtype, b.device) for b in rec.buffer] != [(v.shape, v.dtype, v.device) for v in values]:
                 rec.buffer = [torch.empty_like(v) for v in values]
             torch._foreach_copy_(rec.buffer, values)
             pending.copied = True
+        sharded = pending.sharded
+        if clipped and sharded is None and all(id(p) in clipped and clipped[id(p)][0] is p.grad for p in tensors):
+            grad_norms = torch.stack([clipped[id(p)][1] for p in tensors])
+            if first:
+                pending.weight_norms = _norms(rec.buffer)
+        elif not first:  # a closure's later evaluation: new gradients; the weights' norm is the step's first
+            grad_norms = _norms([_dense(p.grad) for p in tensors])
+            if sharded is not None:
+                grad_norms = _all_reduce_norms(grad_norms, sharded, _mesh_group(tensors))
+        else:
+            both = _norms([_dense(p.grad) for p in tensors] + rec.buffer)
+            if sharded is not None:
+                both = _all_reduce_norms(both, sharded + sharded, _mesh_group(tensors))
+            grad_norms, pending.weight_norms = both[: len(tensors)], both[len(tensors) :]
+        pending.grad_norms = grad_norms
+        if grad_norms.device.type == "cpu":  # reading a CPU tensor is no transfer: know now whether they are finite
+            pending.finite = bool(torch.isfinite(grad_norms).all())
 
     def _step_post(self, opt: Any, args: tuple, kwargs: dict) -> None:
         rec = self._optimizers.get(opt)
