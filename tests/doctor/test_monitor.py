@@ -683,3 +683,16 @@ def test_a_recurring_nan_constant_is_named_although_the_update_poisoned_the_weig
     (f,) = mon.findings
     assert (f.kind, f.step, f.line) == ("non-finite", 5, _line_of('loss = loss * float("nan")  # a NaN written'))
     assert "given NaN as a number" in f.message
+
+
+def test_cli_stop_at_alert_and_a_failing_script(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(_SCRIPT.replace("BAD", "6"))
+    out = _cli("monitor", str(script), "--stop-at-alert")
+    assert out.returncode == 1 and "stopped at the first alert" in out.stdout, out.stdout + out.stderr
+    assert "over 7 optimizer step(s), 6 recorded" in out.stdout  # stopped once the next step named the line
+    failing = tmp_path / "fails.py"
+    failing.write_text(_SCRIPT.replace("BAD", "100") + "raise KeyError('oops')\n")
+    out = _cli("monitor", str(failing))
+    assert out.returncode == 1 and "The script raised KeyError: 'oops'" in out.stdout, out.stdout
+    assert "0 alert(s) over 12 optimizer step(s)" in out.stdout
