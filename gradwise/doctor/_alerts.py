@@ -8,8 +8,8 @@ healthy run raises nothing (a false alarm on clean code is worse than a miss):
   the operation and the line; the alert keeps the step where the value appeared. Nothing
   else is judged after it (a NaN makes every other figure meaningless).
 - ``exploding-gradient`` (error): the total gradient norm jumps above ``SPIKE`` (100) times
-  its median over the last ``WINDOW`` (64) recorded steps (at least ``MIN_HISTORY`` (8) of
-  them), or an update is larger than its weight (``update_ratio`` >= 1 for a weight
+  its median over the last ``WINDOW`` (64) recorded steps of the same optimizer (at least
+  ``MIN_HISTORY`` (8) of them), or an update is larger than its weight (``update_ratio`` >= 1 for a weight
   matrix) in ``SUSTAIN_UPDATE`` (3) consecutive recorded steps.
 - ``vanishing-gradient`` (warning): over ``SUSTAIN`` (10) consecutive recorded steps, the
   first weight matrix's ``grad_norm / param_norm`` is below ``RATIO`` (1e-3) times the
@@ -75,7 +75,7 @@ class Judge:
     def __init__(self, mon: GradientMonitor):
         self.mon = mon
         self.raised: set[tuple] = set()
-        self.totals: deque[float] = deque(maxlen=WINDOW)
+        self.totals: dict[str, deque[float]] = {}  # per optimizer: a GAN's two losses have their own scales
         self.large_updates: dict[str, int] = {}
         self.vanishing = 0
         self.stopped = False  # after a non-finite value
@@ -173,9 +173,10 @@ class Judge:
         out = []
         total = record["grad_norm_total"]
         step = record["step"]
-        history = list(self.totals)
+        window = self.totals.setdefault(record["optimizer"], deque(maxlen=WINDOW))
+        history = list(window)
         if _finite(total):
-            self.totals.append(total)
+            window.append(total)
         if "exploding-gradient" in {k for k, *_ in self.raised}:
             return out
         if len(history) >= MIN_HISTORY and _finite(total):

@@ -696,3 +696,21 @@ def test_cli_stop_at_alert_and_a_failing_script(tmp_path):
     out = _cli("monitor", str(failing))
     assert out.returncode == 1 and "The script raised KeyError: 'oops'" in out.stdout, out.stdout
     assert "0 alert(s) over 12 optimizer step(s)" in out.stdout
+
+
+def test_two_optimizers_with_gradients_of_very_different_scales_are_judged_apart():
+    torch.manual_seed(0)
+    small = nn.Linear(8, 1)
+    large = nn.Linear(8, 1)
+    opt_s = torch.optim.SGD(small.parameters(), lr=1e-6)
+    opt_l = torch.optim.SGD(large.parameters(), lr=1e-9)
+    with gw.doctor.monitor({"small": small, "large": large}) as mon:
+        for _ in range(30):
+            x = torch.randn(16, 8)
+            opt_s.zero_grad()
+            small(x).mean().backward()
+            opt_s.step()
+            opt_l.zero_grad()
+            (large(x).mean() * 1e6).backward()  # a loss a million times larger, every step
+            opt_l.step()
+    assert mon.findings == [], [f.message for f in mon.findings]
