@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from gradwise import _validate as v
+from gradwise._frames import user_stacklevel
 from gradwise.ops import _noise
 from gradwise.ops._estimators import hard_choice, softmax
 
@@ -113,12 +116,17 @@ def gumbel_topk(
 def gumbel_softmax(
     logits: torch.Tensor,
     tau=1.0,
-    *,
     hard: bool = False,
+    eps: float = 1e-10,
     dim: int = -1,
+    *,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.gumbel_softmax``, plus ``generator``.
+
+    The signature is PyTorch's (``gumbel_softmax(logits, 2.0, True)`` works); ``eps`` is
+    accepted and has no effect, with PyTorch's deprecation warning when it is not the
+    default; a 0-d ``logits`` (one class) gives ``1.0`` with a zero gradient, as PyTorch's.
 
     ``softmax((logits + G) / tau)`` with ``G ~ Gumbel(0, 1)``. With ``hard=True`` the
     forward value is the exact one-hot of its argmax (PyTorch's ``y_hard - y_soft.detach()
@@ -133,6 +141,7 @@ def gumbel_softmax(
         tau: a positive float, or a positive tensor broadcasting to ``logits`` with size 1
             along ``dim``; it receives a gradient when it requires one.
         hard: return the one-hot of the sample instead of the relaxed sample.
+        eps: deprecated in PyTorch and ignored (the noise here is never infinite).
         dim: the class dimension.
         generator: a ``torch.Generator`` on the device of ``logits``.
 
@@ -152,6 +161,14 @@ def gumbel_softmax(
     api = "gumbel_softmax"
     if not isinstance(hard, bool):
         raise v.ArgumentTypeError(f"{api}: hard must be a bool (got {type(hard).__name__}: {v.describe(hard)})")
+    if isinstance(eps, bool) or not isinstance(eps, int | float):
+        raise v.ArgumentTypeError(f"{api}: eps must be a number (got {type(eps).__name__}: {v.describe(eps)})")
+    if eps != 1e-10:
+        warnings.warn("`eps` parameter is deprecated and has no effect.", UserWarning, stacklevel=user_stacklevel())
+    if isinstance(logits, torch.Tensor) and logits.dim() == 0:  # one class: PyTorch gives 1.0
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim not in (-1, 0):
+            raise v.ArgumentError(f"{api}: dim must be -1 or 0 for a 0-d logits (got {v.describe(dim)})")
+        return gumbel_softmax(logits.unsqueeze(0), tau, hard, dim=0, generator=generator).squeeze(0)
     if hard:
         return hard_choice(api, logits, k=1, dim=dim, estimator="gumbel", tau=tau, sampling=True, generator=generator)
     logits = v.floating_tensor(api, "logits", logits, min_ndim=1)

@@ -203,3 +203,44 @@ def test_nan_logits_propagate_to_their_row_only(estimator):
         assert torch.isnan(leaf.grad[1]).any()
     soft = gw.ops.gumbel_softmax(logits)
     assert torch.isnan(soft[1]).all() and torch.isfinite(soft[[0, 2]]).all()
+
+
+def test_gumbel_softmax_takes_pytorchs_signature():
+    import inspect
+
+    ours = inspect.signature(gw.ops.gumbel_softmax).parameters
+    theirs = inspect.signature(torch.nn.functional.gumbel_softmax).parameters
+    assert list(ours)[: len(theirs)] == list(theirs)  # the same names in the same order, then generator=
+    assert [ours[n].default for n in theirs] == [theirs[n].default for n in theirs]
+    logits = torch.randn(5, 7)
+    hard = gw.ops.gumbel_softmax(logits, 2.0, True, generator=torch.Generator().manual_seed(0))  # hard positional
+    assert torch.equal(hard.sum(-1), torch.ones(5)) and set(hard.unique().tolist()) == {0.0, 1.0}
+    same = gw.ops.gumbel_softmax(logits, 2.0, True, 1e-10, -1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(hard, same)
+
+
+def test_gumbel_softmax_eps_is_ignored_with_pytorchs_warning():
+    logits = torch.randn(4, 3)
+    with pytest.warns(UserWarning, match="`eps` parameter is deprecated and has no effect") as record:
+        a = gw.ops.gumbel_softmax(logits, 1.0, False, 1e-5, generator=torch.Generator().manual_seed(3))
+    assert record[0].filename == __file__  # pointed at the caller
+    with pytest.warns(UserWarning, match="`eps` parameter is deprecated"):
+        torch.nn.functional.gumbel_softmax(logits, 1.0, False, 1e-5)  # PyTorch warns the same
+    b = gw.ops.gumbel_softmax(logits, 1.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    with pytest.raises(gw.errors.ArgumentTypeError, match="gumbel_softmax: eps must be a number"):
+        gw.ops.gumbel_softmax(logits, 1.0, False, "small")
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_gumbel_softmax_of_a_0d_tensor_is_pytorchs(hard):
+    x = torch.tensor(2.0, requires_grad=True)
+    y = gw.ops.gumbel_softmax(x, 0.5, hard)
+    ref_x = torch.tensor(2.0, requires_grad=True)
+    ref = torch.nn.functional.gumbel_softmax(ref_x, 0.5, hard)
+    assert y.shape == ref.shape == () and y.item() == ref.item() == 1.0
+    y.backward()
+    ref.backward()
+    assert x.grad.item() == ref_x.grad.item() == 0.0
+    with pytest.raises(gw.errors.ArgumentError, match="dim must be -1 or 0 for a 0-d logits"):
+        gw.ops.gumbel_softmax(torch.tensor(1.0), dim=1)
