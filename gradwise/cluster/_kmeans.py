@@ -19,6 +19,22 @@ ALGORITHMS = ("lloyd", "minibatch", "gradient")
 INITS = ("k-means++", "random")
 
 
+_PARAMS = (
+    "n_clusters",
+    "init",
+    "n_init",
+    "max_iter",
+    "tol",
+    "algorithm",
+    "batch_size",
+    "lr",
+    "random_state",
+    "device",
+    "dtype",
+    "verbose",
+)
+
+
 class KMeans:
     """k-means clustering with scikit-learn's ``KMeans`` API, on torch tensors.
 
@@ -76,8 +92,26 @@ class KMeans:
         dtype: torch.dtype | None = None,
         verbose: bool = False,
     ):
+        # scikit-learn's contract: the constructor stores its arguments as given (clone, get_params and
+        # set_params rely on it); they are checked when they are used (fit, predict, ...)
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.algorithm = algorithm
+        self.batch_size = batch_size
+        self.lr = lr
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.verbose = verbose
+
+    def _check_params(self) -> None:
+        """The constructor's arguments (as set by ``__init__`` or ``set_params``), checked."""
         api = "KMeans"
-        self.n_clusters = v.integer(api, "n_clusters", n_clusters, low=1)
+        n_clusters = v.integer(api, "n_clusters", self.n_clusters, low=1)
+        init = self.init
         if isinstance(init, str):
             v.choice(api, "init", init, INITS)
         elif not isinstance(init, torch.Tensor):
@@ -89,19 +123,61 @@ class KMeans:
             raise ArgumentError(
                 f"{api}: init must have shape (n_clusters={n_clusters}, n_features) (got {tuple(init.shape)})"
             )
-        self.init = init
-        self.n_init = v.integer(api, "n_init", n_init, low=1)
-        self.max_iter = v.integer(api, "max_iter", max_iter, low=1)
-        self.tol = v.real(api, "tol", tol, nonnegative=True)
-        self.algorithm = v.choice(api, "algorithm", algorithm, ALGORITHMS)
-        self.batch_size = v.integer(api, "batch_size", batch_size, low=1)
-        self.lr = None if lr is None else v.real(api, "lr", lr, positive=True)
-        self.random_state = None if random_state is None else v.integer(api, "random_state", random_state, low=0)
-        self.device = None if device is None else torch.device(device)
+        v.integer(api, "n_init", self.n_init, low=1)
+        v.integer(api, "max_iter", self.max_iter, low=1)
+        v.real(api, "tol", self.tol, nonnegative=True)
+        v.choice(api, "algorithm", self.algorithm, ALGORITHMS)
+        v.integer(api, "batch_size", self.batch_size, low=1)
+        if self.lr is not None:
+            v.real(api, "lr", self.lr, positive=True)
+        if self.random_state is not None:
+            v.integer(api, "random_state", self.random_state, low=0)
+        self._device()
+        dtype = self.dtype
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ArgumentTypeError(f"{api}: dtype must be a floating torch.dtype (got {dtype!r})")
-        self.dtype = dtype
-        self.verbose = bool(verbose)
+        if not isinstance(self.verbose, bool | int):
+            raise ArgumentTypeError(f"KMeans: verbose must be a bool (got {type(self.verbose).__name__})")
+
+    def _device(self) -> torch.device | None:
+        if self.device is None:
+            return None
+        if not isinstance(self.device, str | torch.device):
+            raise ArgumentTypeError(
+                f"KMeans: device must be a str, a torch.device or None (got {type(self.device).__name__})"
+            )
+        try:
+            return torch.device(self.device)
+        except RuntimeError:
+            raise ArgumentError(
+                f"KMeans: device must name a torch device such as 'cpu' or 'cuda:0' (got {self.device!r})"
+            ) from None
+
+    # --- scikit-learn's estimator protocol ------------------------------------------------
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's arguments, as stored (scikit-learn's ``get_params``)."""
+        return {name: getattr(self, name) for name in _PARAMS}
+
+    def set_params(self, **params: Any) -> KMeans:
+        """Set constructor arguments (checked when next used, as in scikit-learn); returns ``self``."""
+        unknown = sorted(set(params) - set(_PARAMS))
+        if unknown:
+            raise ArgumentError(
+                f"KMeans.set_params: no parameter {', '.join(map(repr, unknown))} (the parameters are "
+                f"{', '.join(_PARAMS)})"
+            )
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's tags of a clusterer (called only by scikit-learn, which is then installed)."""
+        from sklearn.base import BaseEstimator, ClusterMixin
+
+        tags = BaseEstimator.__sklearn_tags__(self)
+        tags.estimator_type = ClusterMixin._estimator_type if hasattr(ClusterMixin, "_estimator_type") else "clusterer"
+        return tags
 
     def __repr__(self) -> str:
         args = [repr(self.n_clusters)]
@@ -140,7 +216,7 @@ class KMeans:
             ``self``.
         """
         api = "KMeans.fit"
-        X, home = self._data(api, X)
+        X, home = self._data(api, X)  # the parameters are checked first
         comm = Comm(api, distributed, v.real(api, "timeout", timeout, positive=True))
         n_total = X.shape[0] if comm.world == 1 else comm.offsets(X.shape[0], X.device)[1]
         if n_total == 0:
@@ -203,6 +279,10 @@ class KMeans:
         """``fit(X)`` then ``labels_``."""
         return self.fit(X, sample_weight=sample_weight, **kwargs).labels_
 
+    def fit_transform(self, X: Any, y: Any = None, *, sample_weight: Any = None, **kwargs: Any) -> torch.Tensor:
+        """``fit(X)`` then ``transform(X)``: ``(N, K)`` distances to the centres."""
+        return self.fit(X, sample_weight=sample_weight, **kwargs).transform(X)
+
     def predict(self, X: Any) -> torch.Tensor:
         """Index of the nearest centre of each point: ``(N,)``."""
         X, home = self._fitted_data("KMeans.predict", X)
@@ -225,6 +305,7 @@ class KMeans:
     # --- helpers ------------------------------------------------------------------------
 
     def _data(self, api: str, X: Any) -> tuple[torch.Tensor, torch.device]:
+        self._check_params()
         if not isinstance(X, torch.Tensor):
             try:
                 X = torch.as_tensor(X)
@@ -237,7 +318,7 @@ class KMeans:
             raise ArgumentTypeError(
                 f"{api}: X has dtype {X.dtype}; pass dtype=torch.float32 (or float64) to compute in floating point"
             )
-        X = X.to(device=self.device or home, dtype=self.dtype or X.dtype)
+        X = X.to(device=self._device() or home, dtype=self.dtype or X.dtype)
         if X.shape[1] == 0:
             raise ArgumentError(f"{api}: X has 0 features")
         for start, stop in _assign.chunks(X.shape[0], _rows_per_pass(X)):

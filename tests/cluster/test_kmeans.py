@@ -249,9 +249,13 @@ def test_bad_input():
         KMeans(2).fit(torch.arange(20).reshape(10, 2))
     assert KMeans(2, dtype=torch.float32, random_state=0).fit(torch.arange(20).reshape(10, 2)).inertia_ > 0
     with pytest.raises(ArgumentError, match="KMeans: algorithm must be one of 'lloyd', 'minibatch', 'gradient'"):
-        KMeans(2, algorithm="elkan")
+        KMeans(2, algorithm="elkan").fit(X)  # checked when used, as scikit-learn does
     with pytest.raises(ArgumentError, match=r"init must have shape \(n_clusters=2, n_features\)"):
-        KMeans(2, init=torch.randn(3, 3))
+        KMeans(2, init=torch.randn(3, 3)).fit(X)
+    with pytest.raises(ArgumentError, match=r"KMeans: device must name a torch device .* \(got 'nonsense'\)"):
+        KMeans(2, device="nonsense").fit(X)
+    with pytest.raises(ArgumentError, match=r"KMeans: n_clusters must be >= 1 \(got 0\)"):
+        KMeans(2).set_params(n_clusters=0).fit(X)
     with pytest.raises(ArgumentError, match=r"sample_weight must have shape \(20,\)"):
         KMeans(2).fit(X, sample_weight=torch.ones(5))
     with pytest.raises(ArgumentError, match="sample_weight must be finite and >= 0"):
@@ -262,3 +266,38 @@ def test_bad_input():
 
 def test_repr():
     assert repr(KMeans(8, algorithm="minibatch", random_state=3)) == "KMeans(8, algorithm='minibatch', random_state=3)"
+
+
+def test_scikit_learn_estimator_contract():
+    sklearn = pytest.importorskip("sklearn")
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    init = torch.randn(3, 2)
+    km = KMeans(3, init=init, max_iter=50, random_state=1)
+    params = km.get_params()
+    assert params["init"] is init and params["n_clusters"] == 3 and params["max_iter"] == 50
+    shared = {"n_clusters", "init", "n_init", "max_iter", "tol", "algorithm", "random_state", "verbose"}
+    assert shared <= set(params) and shared <= set(sklearn.cluster.KMeans().get_params())  # scikit-learn's names
+    copy = clone(km)  # scikit-learn checks that the constructor stored every argument as given
+    assert copy is not km and copy.get_params()["max_iter"] == 50 and torch.equal(copy.init, init)
+    assert km.set_params(max_iter=7) is km and km.max_iter == 7
+    with pytest.raises(
+        ArgumentError, match=r"KMeans.set_params: no parameter 'n_cluster' \(the parameters are n_clusters"
+    ):
+        km.set_params(n_cluster=2)
+    assert KMeans(0).n_clusters == 0  # the constructor does not check (fit does)
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.cat([torch.randn(40, 2, generator=g) + c for c in (-6.0, 0.0, 6.0)]).double()
+    fitted = KMeans(3, random_state=0).fit(X)
+    again = KMeans(3, random_state=0).fit_transform(X)
+    assert torch.allclose(again, fitted.transform(X)) and again.shape == (120, 3)
+
+    search = GridSearchCV(KMeans(2, random_state=0), {"n_clusters": [2, 3, 4]}, cv=3).fit(X.numpy())
+    assert search.best_params_["n_clusters"] in (3, 4)  # score is -inertia: more clusters never score worse
+    assert [p["n_clusters"] for p in search.cv_results_["params"]] == [2, 3, 4]
+    pipe = make_pipeline(StandardScaler(), KMeans(3, random_state=0)).fit(X.numpy())
+    assert len(set(pipe.predict(X.numpy()).tolist())) == 3
