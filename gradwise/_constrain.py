@@ -58,17 +58,23 @@ class _Bijection(nn.Module):
     """The parametrization: ``forward`` maps the stored tensor onto the support,
     ``right_inverse`` maps a constrained value back."""
 
-    def __init__(self, transform: T.Transform, constraint: C.Constraint, label: str):
+    def __init__(self, transform: T.Transform, constraint: C.Constraint, label: str, owner: str = "the parameter"):
         super().__init__()
         self.transform = transform
         self.constraint = constraint
         self.label = label
+        self.owner = owner
 
     def forward(self, unconstrained: torch.Tensor) -> torch.Tensor:
         return self.transform(unconstrained)
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
-        return self.transform.inv(value)
+        """``module.name = value``: the value is checked as ``init=`` is (a value outside the
+        support, or on the boundary of an open one, would give NaN or a parameter stuck at
+        gradient 0)."""
+        return _unconstrained(
+            "constrain", self.constraint, self.label, self.transform, value, f"the value assigned to {self.owner}"
+        )
 
     def extra_repr(self) -> str:
         return self.label
@@ -156,19 +162,13 @@ class Constrain:
         label = _label(constraint)
         transform = _transform(constraint)
         value = init if init is not None else param.detach()
-        _check_support(api, constraint, label, value, "init" if init is not None else f"the current value of {name}")
-        unconstrained = transform.inv(value)
-        if not torch.isfinite(unconstrained).all():
-            bad = _first(~torch.isfinite(unconstrained), value)
-            what = "init" if init is not None else f"the current value of {name}"
-            raise ArgumentError(
-                f"{api}: {what} lies on the boundary of {label} ({bad}): the unconstrained value would be "
-                f"infinite; pass an init strictly inside the support"
-            )
+        what = "init" if init is not None else f"the current value of {name}"
+        _unconstrained(api, constraint, label, transform, value, what)
         if init is not None:
             with torch.no_grad():
                 param.copy_(init)
-        parametrize.register_parametrization(module, name, _Bijection(transform, constraint, label))
+        owner = f"{type(module).__name__}.{name}"
+        parametrize.register_parametrization(module, name, _Bijection(transform, constraint, label, owner))
         return module
 
     def values(self, module: nn.Module) -> dict[str, torch.Tensor]:
@@ -275,6 +275,44 @@ def _check_support(api: str, constraint: C.Constraint, label: str, value: torch.
         ) from exc
     if not bool(torch.as_tensor(inside).all()):
         raise ArgumentError(f"{api}: {what} lies outside the support of {label} {_first(~inside, value)}")
+
+
+def _on_boundary(constraint: C.Constraint, value: torch.Tensor) -> torch.Tensor | None:
+    """Where ``value`` lies on the boundary of an open support (the bijection reaches it only at
+    infinity, where its derivative is 0): a bound of an interval or a half-line, a zero of a
+    simplex. None when the constraint has no such boundary."""
+    base = constraint
+    while isinstance(base, C.independent):
+        base = base.base_constraint
+    if isinstance(base, C._Simplex):
+        return value == 0
+    bounds = [getattr(base, a) for a in ("lower_bound", "upper_bound") if hasattr(base, a)]
+    if not bounds:
+        return None
+    mask = torch.zeros_like(value, dtype=torch.bool)
+    for b in bounds:
+        mask |= value == torch.as_tensor(b, dtype=value.dtype, device=value.device)
+    return mask
+
+
+def _unconstrained(
+    api: str, constraint: C.Constraint, label: str, transform: T.Transform, value: torch.Tensor, what: str
+) -> torch.Tensor:
+    """``transform.inv(value)``, after checking that ``value`` lies strictly inside the support."""
+    value = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    _check_support(api, constraint, label, value, what)
+    unconstrained = transform.inv(value)
+    boundary = _on_boundary(constraint, value)
+    if boundary is not None and bool(boundary.any()):
+        bad = _first(boundary, value)
+    elif not bool(torch.isfinite(unconstrained).all()):
+        bad = _first(~torch.isfinite(unconstrained), value)
+    else:
+        return unconstrained
+    raise ArgumentError(
+        f"{api}: {what} lies on the boundary of {label} ({bad}): the unconstrained value would be infinite "
+        "(or its gradient 0 for ever); pass an init strictly inside the support"
+    )
 
 
 def _orthogonal(api: str, module: nn.Module, name: str, param: nn.Parameter, init) -> nn.Module:

@@ -287,3 +287,36 @@ def test_ddp_over_two_gloo_processes_matches_one_process(tmp_path):
         opt.step()
     torch.testing.assert_close(ranks[0]["weight"], model.weight.detach(), rtol=1e-5, atol=1e-6)
     assert torch.allclose(ranks[0]["weight"].sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize(
+    ("constraint", "start", "outside", "boundary", "inside"),
+    [
+        ("nonnegative", [1.0, 2.0], [1.0, -1.0], [0.0, 1.0], [0.5, 3.0]),
+        ("unit_interval", [0.5, 0.5], [0.5, 1.5], [1.0, 0.5], [0.25, 0.75]),
+        ("simplex", [0.2, 0.8], [1.2, -0.2], [1.0, 0.0], [0.4, 0.6]),
+    ],
+)
+def test_assignment_is_checked_as_init_is(constraint, start, outside, boundary, inside):
+    module = torch.nn.Module()
+    module.p = torch.nn.Parameter(torch.tensor(start))
+    gw.constrain(module, "p", constraint)
+    with pytest.raises(ArgumentError, match=f"the value assigned to Module.p lies outside the support of {constraint}"):
+        module.p = torch.tensor(outside)
+    with pytest.raises(ArgumentError, match=f"the value assigned to Module.p lies on the boundary of {constraint}"):
+        module.p = torch.tensor(boundary)
+    assert torch.allclose(module.p, torch.tensor(start))  # unchanged by the refused assignments
+    module.p = torch.tensor(inside)
+    assert torch.allclose(module.p, torch.tensor(inside), atol=1e-6)
+    (module.p * torch.tensor([1.0, 2.0])).sum().backward()  # and it still learns
+    assert module.parametrizations.p.original.grad.abs().sum() > 0
+
+
+def test_a_value_on_the_boundary_of_an_open_support_is_refused_without_init():
+    layer = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.bias.fill_(1.0)
+    with pytest.raises(ArgumentError, match=r"the current value of bias lies on the boundary of unit_interval .*init"):
+        gw.constrain(layer, "bias", "unit_interval")
+    gw.constrain(layer, "bias", "unit_interval", init=0.5)
+    assert layer.bias.item() == pytest.approx(0.5)
