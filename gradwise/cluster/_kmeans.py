@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
 from gradwise import _validate as v
+from gradwise._frames import user_stacklevel
 from gradwise.cluster import _assign, _init
 from gradwise.cluster._distributed import Comm
 from gradwise.errors import ArgumentError, ArgumentTypeError
@@ -65,7 +67,8 @@ class KMeans:
         verbose: print iteration, inertia and centre shift.
 
     Attributes:
-        cluster_centers_: ``(K, D)``. labels_: ``(N,)``. inertia_: float. n_iter_: int.
+        cluster_centers_: ``(K, D)``. labels_: ``(N,)``. inertia_: float. n_iter_: int (the
+        iterations; for ``"minibatch"``, the passes over the data, at most ``max_iter``).
 
     Example:
         >>> X = torch.cat([torch.randn(50, 2) - 5, torch.randn(50, 2) + 5])
@@ -241,6 +244,13 @@ class KMeans:
 
         best = None
         runs = 1 if isinstance(self.init, torch.Tensor) else self.n_init
+        if isinstance(self.init, torch.Tensor) and self.n_init > 1:
+            warnings.warn(
+                f"KMeans.fit: explicit initial centres passed (init is a tensor): performing only one init "
+                f"instead of n_init={self.n_init}",
+                RuntimeWarning,
+                stacklevel=user_stacklevel(),
+            )
         for run in range(runs):
             centers = self._initial_centers(api, comm, X, weights, generator, mean.to(X.dtype), seed + run)
             if self.algorithm == "lloyd":
@@ -551,7 +561,8 @@ def _minibatch(
     n = X.shape[0]
     n_max = _largest_shard(comm, n, X.device)
     batch_size = min(batch_size, n_max)
-    steps = max_iter * max(1, n_max // batch_size)
+    per_pass = max(1, n_max // batch_size)
+    steps = max_iter * per_pass
     counts_total = torch.zeros(centers.shape[0], dtype=X.dtype, device=X.device)
     ewa, best_ewa, no_improvement = None, math.inf, 0
     n_total = n if comm.world == 1 else comm.offsets(n, X.device)[1]
@@ -591,7 +602,8 @@ def _minibatch(
             if no_improvement >= max_no_improvement:
                 break
     labels = _assign.assign(X, centers, shift=mean)[0]
-    return centers, labels, _inertia(comm, X, weights, centers, labels), step + 1
+    passes = -(-(step + 1) // per_pass)  # n_iter_ counts passes over the data, as scikit-learn's does
+    return centers, labels, _inertia(comm, X, weights, centers, labels), passes
 
 
 def kmeans_loss(

@@ -301,3 +301,13 @@ def test_scikit_learn_estimator_contract():
     assert [p["n_clusters"] for p in search.cv_results_["params"]] == [2, 3, 4]
     pipe = make_pipeline(StandardScaler(), KMeans(3, random_state=0)).fit(X.numpy())
     assert len(set(pipe.predict(X.numpy()).tolist())) == 3
+
+
+def test_minibatch_n_iter_counts_passes_and_an_explicit_init_runs_once():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2000, 3, generator=g)
+    km = KMeans(4, algorithm="minibatch", batch_size=100, max_iter=3, tol=0.0, random_state=0).fit(X)
+    assert 1 <= km.n_iter_ <= 3  # passes over the data, as max_iter counts them (20 batches each)
+    with pytest.warns(RuntimeWarning, match=r"explicit initial centres passed .* instead of n_init=3") as record:
+        KMeans(2, init=X[:2].clone(), n_init=3).fit(X)
+    assert record[0].filename == __file__
