@@ -72,24 +72,49 @@ def random_rows(api: str, comm: Comm, X: torch.Tensor, weights: torch.Tensor, n_
     index = torch.arange(offset, offset + X.shape[0], device=X.device)
     u = _hash_uniform(index, seed).to(X.device)
     keys = torch.log(weights.double()) - torch.log(-torch.log(u))
-    k_local = min(n_clusters, X.shape[0])
-    top = keys.topk(k_local)
-    padded_keys = torch.full((n_clusters,), float("-inf"), dtype=torch.float64, device=X.device)
-    padded_rows = torch.zeros(n_clusters, X.shape[1], dtype=X.dtype, device=X.device)
-    padded_keys[:k_local] = top.values
-    padded_rows[:k_local] = X[top.indices]
-    all_keys = torch.cat(comm.gather(padded_keys, "random init"))
-    all_rows = torch.cat(comm.gather(padded_rows, "random init"))
-    chosen = all_keys.topk(n_clusters)
-    if bool(torch.isinf(chosen.values).any()):
+    # distinct points: the candidates in key order, a repeat of a row already taken skipped; as many
+    # candidates as it takes (data with many repeated rows), the same on every process
+    wanted = n_clusters
+    while True:
+        k_local = min(wanted, X.shape[0])
+        top = keys.topk(k_local)
+        padded_keys = torch.full((wanted,), float("-inf"), dtype=torch.float64, device=X.device)
+        padded_rows = torch.zeros(wanted, X.shape[1], dtype=X.dtype, device=X.device)
+        padded_keys[:k_local] = top.values
+        padded_rows[:k_local] = X[top.indices]
+        all_keys = torch.cat(comm.gather(padded_keys, "random init"))
+        all_rows = torch.cat(comm.gather(padded_rows, "random init"))
+        order = all_keys.argsort(descending=True, stable=True)
+        order = order[torch.isfinite(all_keys[order])]
+        rows = _distinct_rows(all_rows[order], n_clusters)
+        if rows.shape[0] == n_clusters:  # the same on every process: decided from the gathered candidates
+            return rows
+        if not _more_anywhere(comm, k_local >= X.shape[0], X.device):
+            break
+        wanted *= 4
+    if order.numel() < n_clusters:
         raise ArgumentError(f"{api}: n_clusters={n_clusters} exceeds the number of points with positive weight")
-    rows = all_rows[chosen.indices]
-    if torch.unique(rows, dim=0).shape[0] < n_clusters:
-        raise ArgumentError(
-            f"{api}: init='random' drew duplicate points: X has fewer than n_clusters={n_clusters} distinct "
-            f"points among those drawn; lower n_clusters or use init='k-means++'"
-        )
-    return rows
+    raise ArgumentError(
+        f"{api}: init='random' needs n_clusters={n_clusters} distinct points with positive weight, and X has "
+        f"{rows.shape[0]}; lower n_clusters"
+    )
+
+
+def _distinct_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` rows of ``rows`` that repeat no earlier row (fewer if there are not enough)."""
+    if rows.shape[0] == 0:
+        return rows
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), rows.shape[0], dtype=torch.long, device=rows.device)
+    first.scatter_reduce_(0, inverse, torch.arange(rows.shape[0], device=rows.device), reduce="amin")
+    keep = first.sort().values[:n]
+    return rows[keep]
+
+
+def _more_anywhere(comm: Comm, local_exhausted: bool, device: torch.device) -> bool:
+    """Whether some process still has candidates it did not offer (all processes agree)."""
+    flag = torch.tensor([0.0 if local_exhausted else 1.0], dtype=torch.float64, device=device)
+    return float(comm.sum(flag, "random init")) > 0
 
 
 def _sq_dist_to(X: torch.Tensor, points: torch.Tensor, shift) -> torch.Tensor:

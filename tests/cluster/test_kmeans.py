@@ -311,3 +311,13 @@ def test_minibatch_n_iter_counts_passes_and_an_explicit_init_runs_once():
     with pytest.warns(RuntimeWarning, match=r"explicit initial centres passed .* instead of n_init=3") as record:
         KMeans(2, init=X[:2].clone(), n_init=3).fit(X)
     assert record[0].filename == __file__
+
+
+def test_random_init_with_many_repeated_rows():
+    g = torch.Generator().manual_seed(0)
+    distinct = torch.randn(30, 2, generator=g)
+    X = torch.cat([distinct[:1].expand(970, 2), distinct])  # 1000 rows, 30 distinct (one repeated 971 times)
+    km = KMeans(20, init="random", random_state=0, max_iter=5).fit(X)
+    assert torch.unique(km.cluster_centers_, dim=0).shape[0] == 20
+    with pytest.raises(ArgumentError, match=r"init='random' needs n_clusters=40 distinct points .* X has 30"):
+        KMeans(40, init="random", random_state=0).fit(X)
