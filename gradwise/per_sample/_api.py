@@ -234,8 +234,9 @@ def _norms_and_losses(
             else:
                 asked.append(record)
         capture.consume = consume
-        found = torch.autograd.grad(
-            losses.sum(), [r.out for r in asked] + weights, retain_graph=keep_graph, allow_unused=True
+        wanted = [r.out for r in asked] + weights
+        found = (  # nothing to ask for when no layer has a rule (every parameter goes to the fallback)
+            torch.autograd.grad(losses.sum(), wanted, retain_graph=keep_graph, allow_unused=True) if wanted else ()
         )
         capture.consume = None
         for record, g in zip(asked, found, strict=False):

@@ -197,6 +197,58 @@ CASES = {
 }
 
 
+class _Only(nn.Module):
+    """A model none of whose parameters has a rule: everything goes to the exact fallback."""
+
+    def __init__(self, layer: nn.Module, classes: int = 3):
+        super().__init__()
+        self.layer, self.classes = layer, classes
+
+    def forward(self, x):
+        out = self.layer(x)
+        out = out[0] if isinstance(out, tuple) else out
+        return out.flatten(1)[:, : self.classes]
+
+
+CASES.update(
+    {
+        "no-rule-conv3d": (
+            lambda: _Only(nn.Conv3d(2, 3, 3)),
+            lambda: torch.randn(4, 2, 5, 5, 5),
+            lambda: _cls(4),
+            F.cross_entropy,
+        ),
+        "no-rule-gru": (
+            lambda: _Only(nn.GRU(4, 5, batch_first=True)),
+            lambda: torch.randn(4, 6, 4),
+            lambda: _cls(4),
+            F.cross_entropy,
+        ),
+        "no-rule-conv-transpose": (
+            lambda: _Only(nn.ConvTranspose2d(2, 3, 3)),
+            lambda: torch.randn(4, 2, 5, 5),
+            lambda: _cls(4),
+            F.cross_entropy,
+        ),
+        "no-rule-bare-parameter": (
+            lambda: _Bare(),
+            lambda: torch.randn(4, 3),
+            lambda: _cls(4),
+            F.cross_entropy,
+        ),
+    }
+)
+
+
+class _Bare(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 3))
+
+    def forward(self, x):
+        return x @ self.w
+
+
 def _reference(model, loss_fn, x, y):
     """float64 loop: each sample's own loss, ordinary autograd; an all-ignored sample has gradient 0."""
     names = [n for n, p in model.named_parameters() if p.requires_grad]
