@@ -129,8 +129,11 @@ def temperature(api: str, value: Any, like: torch.Tensor, dim: int) -> float | t
                 f"  tau shape:   {tuple(value.shape)}\n"
                 f"For one temperature per row, pass tau.unsqueeze({dim})."
             )
-        if not torch.compiler.is_compiling() and bool((~(value > 0)).any()):
-            bad = value[~(value > 0)].flatten()[0].item()
-            raise ArgumentError(f"{api}: tau must be > 0 everywhere (got an entry equal to {bad})")
+        if not torch.compiler.is_compiling():
+            bad_mask = ~((value > 0) & torch.isfinite(value))  # as a float tau must be: positive and finite
+            if bool(bad_mask.any()):
+                bad = value[bad_mask].flatten()[0].item()
+                rule = "> 0" if not bad > 0 else "finite"
+                raise ArgumentError(f"{api}: tau must be {rule} everywhere (got an entry equal to {bad})")
         return value
     return real(api, "tau", value, positive=True)

@@ -48,6 +48,10 @@ def test_tau_zero_message():
 def test_tau_tensor_checks():
     with raises(ArgumentError, "argmax_onehot: tau must be > 0 everywhere (got an entry equal to -1.0)"):
         gw.ops.argmax_onehot(X, tau=torch.tensor([[1.0], [-1.0], [2.0]]))
+    with raises(ArgumentError, "sample_onehot: tau must be finite everywhere (got an entry equal to inf)"):
+        gw.ops.sample_onehot(X, tau=torch.tensor([[1.0], [float("inf")], [2.0]]))  # as a float inf is refused
+    with raises(ArgumentError, "argmax_onehot: tau must be > 0 everywhere (got an entry equal to nan)"):
+        gw.ops.argmax_onehot(X, tau=torch.tensor(float("nan")))
     with raises(ArgumentError, "tau must broadcast to the input's shape with size 1 along dim=1", "tau.unsqueeze(1)"):
         gw.ops.argmax_onehot(X, tau=torch.ones(3))  # one per row, but not unsqueezed
     with raises(ArgumentTypeError, "tau must be a float or a floating tensor (got torch.int64)"):
