@@ -227,6 +227,10 @@ class KMeans:
         if self.n_clusters > n_total:
             raise ArgumentError(f"{api}: n_clusters={self.n_clusters} exceeds the number of samples ({n_total})")
         weights = self._weights(api, sample_weight, X)
+        if sample_weight is not None:  # over every process: a shard of zeros is fine, all of them are not
+            total = comm.sum(weights.sum(dtype=torch.float64).reshape(1), "summing the weights")
+            if not float(total) > 0:
+                raise ArgumentError(f"{api}: sample_weight must have a positive entry (got all zeros)")
         if isinstance(self.init, torch.Tensor) and self.init.shape[1] != X.shape[1]:
             raise ArgumentError(f"{api}: init has {self.init.shape[1]} features but X has {X.shape[1]}")
         # scikit-learn's tolerance: relative to the mean variance of the features
@@ -356,7 +360,17 @@ class KMeans:
     def _weights(self, api: str, sample_weight: Any, X: torch.Tensor) -> torch.Tensor:
         if sample_weight is None:
             return torch.ones(X.shape[0], dtype=X.dtype, device=X.device)
-        w = torch.as_tensor(sample_weight).to(device=X.device, dtype=X.dtype)
+        if isinstance(sample_weight, str | bytes):
+            raise ArgumentTypeError(f"{api}: sample_weight must be a tensor or array of numbers (got a str)")
+        try:
+            w = torch.as_tensor(sample_weight)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ArgumentTypeError(
+                f"{api}: sample_weight must be a tensor or array of numbers (got {type(sample_weight).__name__})"
+            ) from exc
+        if w.dtype == torch.bool or w.is_complex():
+            raise ArgumentTypeError(f"{api}: sample_weight must hold real numbers (got {w.dtype})")
+        w = w.to(device=X.device, dtype=X.dtype)
         if w.shape != (X.shape[0],):
             raise ArgumentError(f"{api}: sample_weight must have shape ({X.shape[0]},) (got {tuple(w.shape)})")
         if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):

@@ -88,7 +88,8 @@ class _RoundSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(x, op, lo, hi):
-        y = torch.round(x) if op == "round" else torch.sign(x)
+        # torch.sign(NaN) is 0: a NaN would vanish; it stays NaN here (as numpy.sign and torch.round keep it)
+        y = torch.round(x) if op == "round" else torch.where(torch.isnan(x), x, torch.sign(x))
         # the window clamps round's output; for sign it only gates the gradient
         return y if lo is None or op == "sign" else y.clamp(lo, hi)
 
@@ -136,7 +137,7 @@ def round_ste(x: torch.Tensor, *, clip: tuple[float, float] | None = None) -> to
 
 
 def sign_ste(x: torch.Tensor, *, clip: float | tuple[float, float] | None = None) -> torch.Tensor:
-    """``torch.sign(x)`` forward (``sign(0) = 0``), identity gradient backward (binarization STE).
+    """``torch.sign(x)`` forward (``sign(0) = 0``; NaN stays NaN), identity gradient backward (binarization STE).
 
     With ``clip=c`` (or ``(lo, hi)``) the gradient is passed only where ``|x| <= c``
     (``lo <= x <= hi``): the hardtanh estimator of BinaryConnect and BNNs.

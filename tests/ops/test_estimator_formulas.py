@@ -201,3 +201,14 @@ def test_gumbel_rao_averages_the_gumbel_rule_over_conditional_gumbels(logits, w,
         z = _noise.conditional_gumbel(logits, logits + noise, k, -1, generator=g)
         expected += _ref_softmax(logits, w, tau, k=k, noise=z - logits) / K
     torch.testing.assert_close(grad, expected)
+
+
+def test_nan_propagates_through_sign_and_round():
+    import numpy as np
+
+    x = torch.tensor([float("nan"), -2.0, 0.0, 0.4, float("inf")], requires_grad=True)
+    for op, ref in ((gw.ops.sign_ste, np.sign), (gw.ops.round_ste, np.round)):
+        y = op(x)
+        np.testing.assert_array_equal(y.detach().numpy(), ref(x.detach().numpy()))  # NaN where numpy has NaN
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        assert torch.equal(grad, torch.ones(5))  # the identity surrogate, NaN input included
