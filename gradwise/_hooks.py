@@ -115,6 +115,22 @@ class Instrumentation:
         handle = _optimizer_hooks.register_optimizer_step_post_hook(self._guarded("optimizer step post-hook", fn))
         self._undo.append(handle.remove)
 
+    def module_hook(self, module: torch.nn.Module, fn: Callable[..., None], *, pre: bool = False) -> None:
+        """``fn(module, args, output)`` after ``module``'s own forward (``pre``: ``fn(module,
+        args, kwargs)`` before it), for one module rather than all of them; removed on close."""
+        guarded = self._guarded("module pre-hook" if pre else "module hook", fn)
+        if pre:
+            handle = module.register_forward_pre_hook(guarded, with_kwargs=True)
+        else:
+            handle = module.register_forward_hook(guarded)
+        self._undo.append(handle.remove)
+
+    def step_post_hook(self, optimizer: Any, fn: Callable[[Any, tuple, dict], None]) -> None:
+        """``fn(optimizer, args, kwargs)`` after this optimizer's ``step()``: its own hook, run
+        before the global ones (so ``fn`` may install global hooks); removed on close."""
+        handle = optimizer.register_step_post_hook(self._guarded("optimizer step post-hook", fn))
+        self._undo.append(handle.remove)
+
     def optimizer_created(self, fn: Callable[[Any], None]) -> None:
         """``fn(optimizer)`` after every ``torch.optim.Optimizer.__init__`` (run quietly)."""
         original = torch.optim.Optimizer.__init__
