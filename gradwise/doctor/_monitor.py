@@ -46,6 +46,7 @@ from torch import nn
 from gradwise._graph import unwrap_module
 from gradwise._hooks import Instrumentation
 from gradwise.doctor._findings import Finding
+from gradwise.doctor._stats import _norms, read, total_norm
 from gradwise.doctor._trace import user_site
 from gradwise.errors import ArgumentError, ArgumentTypeError
 
@@ -227,7 +228,6 @@ class GradientMonitor:
         self.on_record: Callable[[dict], None] | None = None
         self._faults: dict[str, int] = {}
         self._inst: Instrumentation | None = None
-        self._handles: list = []
         # id -> parameter, weakly (the models of finished k-fold folds are freed; ``_mine`` checks identity)
         self._known: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._names: dict[int, str] = {}
@@ -324,9 +324,7 @@ class GradientMonitor:
     def _add_model(self, prefix: str, module: nn.Module) -> None:
         inner = unwrap_module(module)
         self._roots.append(weakref.ref(inner))
-        self._handles.append(
-            inner.register_forward_pre_hook(self._guard("model forward pre-hook", self._model_call), with_kwargs=True)
-        )
+        self._inst.module_hook(inner, self._apart(self._model_call), pre=True)
         for name, p in inner.named_parameters():
             if self._mine(p):
                 continue
@@ -337,7 +335,7 @@ class GradientMonitor:
             known = self._activations.get(id(m))
             if isinstance(m, DEAD + SATURATING) and (known is None or known[0].module() is not m):
                 self._activations[id(m)] = [_Activation(prefix + (name or type(m).__name__), weakref.ref(m))]
-                self._handles.append(m.register_forward_hook(self._guard("activation hook", self._activation)))
+                self._inst.module_hook(m, self._apart(self._activation))
 
     def _mine(self, p: Any) -> bool:
         return self._known.get(id(p)) is p
@@ -360,21 +358,6 @@ class GradientMonitor:
                 return fn(*args, **kwargs)
 
         return run
-
-    def _guard(self, where: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """A module hook that runs only while attached and never breaks the user's program."""
-        inst = self._inst
-
-        def hook(*args: Any) -> None:
-            if inst is None or not inst.active or torch.compiler.is_compiling():
-                return
-            try:
-                with inst.quiet(), self._doctor_quiet():
-                    fn(*args)
-            except Exception as exc:
-                self._fault(where, exc)
-
-        return hook
 
     def _optimizer(self, opt: Any) -> _Optimizer | None:
         """The record of an optimizer stepping monitored parameters (None: not ours)."""
@@ -413,8 +396,7 @@ class GradientMonitor:
         if opt not in self._optimizers:
             # its own post-hook, not a global one: the global ones are iterated after it, so that arming
             # the doctor's recorder there (which adds a global hook) does not change a dict being iterated
-            hook = self._inst._guarded("optimizer step post-hook", self._apart(self._step_post))
-            self._handles.append(opt.register_step_post_hook(hook))
+            self._inst.step_post_hook(opt, self._apart(self._step_post))
         self._optimizers[opt] = rec
         return rec
 
@@ -644,7 +626,7 @@ class GradientMonitor:
         losses, self._losses = self._losses, []
         if losses:
             parts.append(torch.stack([loss.to(torch.float64) for loss in losses]).sum().reshape(1))
-        values = _read(parts)
+        values = [x for part in read(parts) for x in part] if parts else []
         at = 0
         params: dict[str, dict] = {}
         if n and pending.grad_norms is not None:
@@ -674,7 +656,7 @@ class GradientMonitor:
             a.dead, a.tails = None, None
         self._calls.clear()
         loss = values[at] if losses else None
-        total = _total(v["grad_norm"] for v in params.values())
+        total = total_norm(v["grad_norm"] for v in params.values())
         record = {
             "step": pending.step,
             "loss": loss,
@@ -694,9 +676,7 @@ class GradientMonitor:
         """A float32 norm overflows above ~1.8e19: those again in float64."""
         over = [i for i, g in enumerate(grads) if math.isinf(g) and bool(torch.isfinite(_local(tensors[i].grad)).all())]
         if over:
-            again = torch.stack(
-                [torch.linalg.vector_norm(_dense(tensors[i].grad), dtype=torch.float64) for i in over]
-            ).tolist()
+            again = _norms([_dense(tensors[i].grad) for i in over], wide=True).tolist()
             for i, v in zip(over, again, strict=True):
                 grads[i] = v
         return grads
@@ -778,9 +758,6 @@ class GradientMonitor:
         if self._locator is not None:
             locator, self._locator = self._locator, None
             locator.close()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
         if self._inst is not None:
             self._inst.close()
         self._pending.clear()
@@ -926,50 +903,10 @@ def _dense(g: torch.Tensor) -> torch.Tensor:
     return g.coalesce().values() if g.is_sparse else g
 
 
-def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """2-norms in float32 (float64 for float64 tensors), batched by device and dtype, on the device."""
-    if not tensors:
-        return torch.zeros(0)
-    if len({(t.device, t.dtype) for t in tensors}) == 1:
-        dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
-        return torch.stack(torch._foreach_norm(tensors, 2, dtype=dtype)).to(torch.float64)
-    device = tensors[0].device
-    return torch.stack(
-        [
-            torch.linalg.vector_norm(t, dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
-            .to(torch.float64)
-            .to(device)
-            for t in tensors
-        ]
-    )
-
-
 def _nonfinite(g: torch.Tensor | None) -> int:
     if g is None:
         return 0
     return int((~torch.isfinite(_dense(g))).sum())  # this process's elements (a shard's, under FSDP2)
-
-
-def _read(parts: list[torch.Tensor]) -> list[float]:
-    """The values of ``parts`` as one flat list, with one transfer per device."""
-    if not parts:
-        return []
-    devices = {p.device for p in parts}
-    if len(devices) == 1:
-        return torch.cat([p.reshape(-1).to(torch.float64) for p in parts]).tolist()
-    target = parts[0].device
-    return torch.cat([p.reshape(-1).to(torch.float64).to(target) for p in parts]).tolist()
-
-
-def _total(values) -> float:
-    total = 0.0
-    for v in values:
-        if v is None:
-            continue
-        if not math.isfinite(v):
-            return v if math.isnan(v) else math.inf
-        total += v * v
-    return math.sqrt(total)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -105,11 +105,38 @@ def _probe(t: torch.Tensor) -> torch.Tensor | None:
     return torch.stack(torch.aminmax(t))
 
 
+def _norm_dtype(t: torch.Tensor, wide: bool = False) -> torch.dtype:
+    """float32 for a norm (10x cheaper than float64 on a CPU), float64 for float64 tensors (a norm
+    cannot be narrower than its input) and with ``wide`` (again, for a norm that overflowed)."""
+    return _wide(t.device) if wide or t.dtype == torch.float64 else torch.float32
+
+
 def _norms(tensors: list[torch.Tensor], wide: bool = False) -> torch.Tensor:
-    """The 2-norms of ``tensors`` in one batched call, in float32 (a float32 norm is 10x cheaper
-    than a float64 one on a CPU; where one overflows, ``wide`` computes it again in float64)."""
-    dtype = _wide(tensors[0].device) if wide else torch.float32
-    return torch.stack(torch._foreach_norm(tensors, 2, dtype=dtype))
+    """The 2-norms of ``tensors``, on the first one's device: one batched call per device and
+    dtype (see :func:`_norm_dtype` for the precision)."""
+    if not tensors:
+        return torch.zeros(0)
+    groups: dict = defaultdict(list)
+    for i, t in enumerate(tensors):
+        groups[(t.device, t.dtype)].append(i)
+    if len(groups) == 1:
+        return torch.stack(torch._foreach_norm(tensors, 2, dtype=_norm_dtype(tensors[0], wide)))
+    out = torch.empty(len(tensors), dtype=_wide(tensors[0].device), device=tensors[0].device)
+    for index in groups.values():
+        out[index] = _norms([tensors[i] for i in index], wide).to(out)
+    return out
+
+
+def total_norm(values) -> float:
+    """The 2-norm of per-tensor norms (None skipped): Inf or NaN as soon as one is."""
+    total = 0.0
+    for v in values:
+        if v is None:
+            continue
+        if not math.isfinite(v):
+            return math.nan if math.isnan(v) else math.inf
+        total += v * v
+    return math.sqrt(total)
 
 
 # autograd nodes that pass gradients through unchanged (views, transposes, copies)
@@ -148,7 +175,7 @@ def _merge(probes: list) -> torch.Tensor | None:
 def _rms(t: torch.Tensor) -> torch.Tensor:
     t = t.detach()
     n = max(t.numel(), 1)
-    return torch.linalg.vector_norm(t, dtype=torch.float32) / math.sqrt(n)
+    return torch.linalg.vector_norm(t, dtype=_norm_dtype(t)).to(torch.float32) / math.sqrt(n)
 
 
 def _arg(args: tuple, kwargs: dict, i: int, name: str) -> Any:

@@ -479,3 +479,19 @@ def test_steps_in_eval_mode_name_the_eval_call_and_train_again_clears_it():
         loss.backward()
         opt.step()
     assert [f for f in dr.findings if f.kind == "eval-mode"] == []
+
+
+def test_a_float64_model_is_measured_in_float64():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    norms = []
+    with gw.doctor.watch() as dr:
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(4, 3, dtype=torch.float64)).pow(2).mean().backward()
+            norms.append({n: p.grad.norm().item() for n, p in model.named_parameters()})
+            opt.step()
+    assert dr.internal_errors == []  # a float32 norm of float64 tensors is refused by torch
+    got = [{dr.name(p): v for p, v in n.grad.items()} for n in dr.stats.history]
+    assert got == [pytest.approx(n, rel=1e-12) for n in norms]  # float64 precision

@@ -31,6 +31,7 @@ import math
 from collections import Counter
 
 from gradwise.doctor._checks import Check
+from gradwise.doctor._stats import total_norm
 from gradwise.doctor._trace import creation_site
 
 CHAIN = 1e2
@@ -53,15 +54,6 @@ _FIX_STEP = (
     "the inputs and targets, or clip gradients (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)); Adam is "
     "less sensitive to the gradients' scale than SGD."
 )
-
-
-def _total(values) -> float:
-    total = 0.0
-    for v in values:
-        if not math.isfinite(v):
-            return math.inf if not math.isnan(v) else math.nan
-        total += v * v
-    return math.sqrt(total)
 
 
 def _finite(v: float | None) -> bool:
@@ -183,7 +175,7 @@ class ExplodingGradient(Check):
         site = sites.most_common(1)[0][0] if sites else (made or used)
         per = growth ** (1 / layers) if layers and math.isfinite(growth) else math.inf
         worst = max((rel[w] for w in grown if w in rel), key=lambda v: (math.isnan(v), v), default=math.nan)
-        total = _total(first.grad.values())
+        total = total_norm(first.grad.values())
         if rnn:
             what = (
                 f"the recurrent layer's hidden state grows {growth:.3g}x from the first time step to the last, and "
@@ -225,7 +217,7 @@ class ExplodingGradient(Check):
             return None
         if any(f.kind == "missing-zero-grad" for f in self.doctor.findings):
             return None  # gradients accumulated across steps grow step over step: that finding's cause
-        norms = [_total(n.grad.values()) for n in steps]
+        norms = [total_norm(n.grad.values()) for n in steps]
         losses = [n.loss for n in steps]
         finite = [k for k, g in enumerate(norms) if _finite(g) and _finite(losses[k])]
         if not finite or finite[0] != 0:
