@@ -320,11 +320,7 @@ class KMeans:
 
     def _data(self, api: str, X: Any) -> tuple[torch.Tensor, torch.device]:
         self._check_params()
-        if not isinstance(X, torch.Tensor):
-            try:
-                X = torch.as_tensor(X)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise ArgumentTypeError(f"{api}: X must be a tensor or array-like (got {type(X).__name__})") from exc
+        X = _array(api, "X", X)
         home = X.device
         if X.dim() != 2:
             raise ArgumentError(f"{api}: X must be 2-D (n_samples, n_features) (got shape {tuple(X.shape)})")
@@ -360,14 +356,7 @@ class KMeans:
     def _weights(self, api: str, sample_weight: Any, X: torch.Tensor) -> torch.Tensor:
         if sample_weight is None:
             return torch.ones(X.shape[0], dtype=X.dtype, device=X.device)
-        if isinstance(sample_weight, str | bytes):
-            raise ArgumentTypeError(f"{api}: sample_weight must be a tensor or array of numbers (got a str)")
-        try:
-            w = torch.as_tensor(sample_weight)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ArgumentTypeError(
-                f"{api}: sample_weight must be a tensor or array of numbers (got {type(sample_weight).__name__})"
-            ) from exc
+        w = _array(api, "sample_weight", sample_weight)
         if w.dtype == torch.bool or w.is_complex():
             raise ArgumentTypeError(f"{api}: sample_weight must hold real numbers (got {w.dtype})")
         w = w.to(device=X.device, dtype=X.dtype)
@@ -395,6 +384,20 @@ class KMeans:
             print(f"KMeans: iteration {iteration}, inertia {inertia:.6g}, center shift {shift:.3g}", file=sys.stderr)
 
         return log
+
+
+def _array(api: str, name: str, value: Any) -> torch.Tensor:
+    """``value`` as a tensor (array-likes converted), or a named error (a str is not an array)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, str | bytes):
+        raise ArgumentTypeError(f"{api}: {name} must be a tensor or array-like of numbers (got a str)")
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ArgumentTypeError(
+            f"{api}: {name} must be a tensor or array-like of numbers (got {type(value).__name__})"
+        ) from exc
 
 
 def _reduce(comm: Comm, sums: torch.Tensor, counts: torch.Tensor) -> None:

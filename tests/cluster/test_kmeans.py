@@ -262,7 +262,7 @@ def test_bad_input():
         KMeans(2).fit(X, sample_weight=-torch.ones(20))
     with pytest.raises(ArgumentError, match=r"KMeans.fit: sample_weight must have a positive entry \(got all zeros\)"):
         KMeans(2).fit(X, sample_weight=torch.zeros(20))
-    with pytest.raises(ArgumentTypeError, match=r"KMeans.fit: sample_weight must be a tensor or array of numbers"):
+    with pytest.raises(ArgumentTypeError, match=r"KMeans.fit: sample_weight must be a tensor or array-like of numbers"):
         KMeans(2).fit(X, sample_weight="uniform")
     with pytest.raises(ArgumentError, match=r"distributed=True needs an initialised torch.distributed process group"):
         KMeans(2).fit(X, distributed=True)
