@@ -68,6 +68,31 @@ def transformer():
     return Block(), torch.randn(32, 64, 128), torch.randint(0, 10, (32,))
 
 
+MODELS = (("small CNN", cnn), ("MLP 4 x 512", mlp), ("transformer block", transformer))
+
+
+def training_step(make):
+    """A seeded model, its batch and Adam, and one training step of it (forward, cross-entropy,
+    backward, step): ``(model, optimizer, step)``."""
+    torch.manual_seed(0)
+    model, x, y = make()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return model, opt, step
+
+
+def header() -> str:
+    return (
+        f"gradwise {gw.__version__}, torch {torch.__version__}, {platform.processor() or 'cpu'}, "
+        f"{torch.get_num_threads()} thread(s)\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None)
@@ -77,26 +102,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     repeats = 5 if args.quick else 25
     warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
-    print(
-        f"gradwise {gw.__version__}, torch {torch.__version__}, {platform.processor() or 'cpu'}, "
-        f"{torch.get_num_threads()} thread(s)\n"
-    )
+    print(header())
     print(
         "| model | plain step (ms) | torch.autograd.detect_anomaly (ms) | ratio | under gw.doctor.watch, all checks "
         "incl. numerics (ms) | ratio |"
     )
     print("|---|---|---|---|---|---|")
-    for name, make in (("small CNN", cnn), ("MLP 4 x 512", mlp), ("transformer block", transformer)):
-        torch.manual_seed(0)
-        model, x, y = make()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    for name, make in MODELS:
+        _, _, step = training_step(make)
 
-        def step(model=model, x=x, y=y, opt=opt):
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-
-        def block(under):
+        def block(under, step=step):
             """The mean step of one block of 8 steps (the length of a `gradwise doctor` run)
             under a fresh ``under()``, and what it returned."""
             with under() as watching:

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 import gradwise as gw
-from benchmarks.doctor_overhead import cnn, mlp, transformer
+from benchmarks.doctor_overhead import MODELS, header, training_step
 
 _STEPS = 20
 
@@ -38,23 +36,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = 5 if args.quick else 21
-    print(
-        f"gradwise {gw.__version__}, torch {torch.__version__}, {platform.processor() or 'cpu'}, "
-        f"{torch.get_num_threads()} thread(s)\n"
-    )
+    print(header())
     print("| model | plain step (ms) | monitor every=1 (ms) | ratio | monitor every=10 (ms) | ratio |")
     print("|---|---|---|---|---|---|")
-    for name, make in (("small CNN", cnn), ("MLP 4 x 512", mlp), ("transformer block", transformer)):
-        torch.manual_seed(0)
-        model, x, y = make()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    for name, make in MODELS:
+        model, opt, step = training_step(make)
 
-        def step(model=model, x=x, y=y, opt=opt):
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-
-        def block(under):
+        def block(under, step=step):
             with under():
                 start = time.perf_counter()
                 for _ in range(_STEPS):
