@@ -18,10 +18,18 @@ def global_state() -> tuple:
     from torch.optim import optimizer as o
 
     return (
-        len(m._global_forward_pre_hooks),
-        len(m._global_forward_hooks),
-        len(o._global_optimizer_pre_hooks),
-        len(o._global_optimizer_post_hooks),
+        *(
+            dict(getattr(m, name))
+            for name in (
+                "_global_forward_pre_hooks",
+                "_global_forward_hooks",
+                "_global_forward_hooks_always_called",
+                "_global_backward_hooks",
+                "_global_backward_pre_hooks",
+            )
+        ),
+        dict(o._global_optimizer_pre_hooks),
+        dict(o._global_optimizer_post_hooks),
         torch.optim.Optimizer.__init__,
         torch.from_numpy,
         torch.amp.GradScaler.scale,
@@ -31,6 +39,7 @@ def global_state() -> tuple:
         torch.optim.Optimizer.zero_grad,
         torch.amp.GradScaler.unscale_,
         torch.autograd.backward,
+        torch.Tensor.backward,
         torch.nn.utils.clip_grad_norm_,
         torch.nn.utils.clip_grad_value_,
         torch.nn.utils.clip_grad.clip_grad_norm_,

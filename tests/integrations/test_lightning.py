@@ -14,13 +14,12 @@ pytest.importorskip("lightning")
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from torch.nn.modules import module as module_hooks
-from torch.optim import optimizer as optimizer_hooks
 from torch.utils.data import DataLoader, TensorDataset
 
 from gradwise.doctor import GradientAlert
 from gradwise.errors import ArgumentError, ArgumentTypeError
 from gradwise.integrations.lightning import GradwiseCallback
+from tests.doctor.instrumentation import global_state
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The '.*dataloader' does not have many workers"),
@@ -192,34 +191,6 @@ def mismatches(history, model, steps, batch_figures=True):
 # --- the hooks left behind ----------------------------------------------------------------------
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-
-
-def global_state():
-    mod, optim = module_hooks, optimizer_hooks
-    return {
-        "module globals": [
-            dict(getattr(mod, name))
-            for name in (
-                "_global_forward_hooks",
-                "_global_forward_pre_hooks",
-                "_global_backward_hooks",
-                "_global_backward_pre_hooks",
-                "_global_forward_hooks_always_called",
-            )
-        ],
-        "optimizer globals": [dict(optim._global_optimizer_pre_hooks), dict(optim._global_optimizer_post_hooks)],
-        "functions": [
-            torch.autograd.backward,
-            torch.Tensor.backward,
-            torch.nn.utils.clip_grad_norm_,
-            torch.nn.utils.clip_grad_value_,
-            torch.nn.utils.clip_grad.clip_grad_norm_,
-            torch.nn.utils.clip_grad.clip_grad_value_,
-            torch.amp.GradScaler.scale,
-            torch.optim.Optimizer.__init__,
-        ],
-        "torch function modes": torch._C._len_torch_function_stack(),
-    }
 
 
 def module_state(model):
