@@ -9,7 +9,6 @@ as a plain run leaves them.
 """
 
 import copy
-import inspect
 import random
 
 import pytest
@@ -21,13 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import gradwise as gw
 from gradwise.doctor._mixing import probe
 from tests.doctor.instrumentation import global_state
-
-
-def line_of(marker: str) -> int:
-    for number, text in enumerate(inspect.getsource(inspect.getmodule(line_of)).splitlines(), 1):
-        if text.rstrip().endswith(f"# {marker}"):
-            return number
-    raise AssertionError(marker)
+from tests.doctor.source import line_of
 
 
 def mixing(dr):

@@ -2,7 +2,6 @@
 alone, and no trace left behind."""
 
 import contextlib
-import inspect
 
 import pytest
 import torch
@@ -12,14 +11,7 @@ from torch import nn
 import gradwise as gw
 from gradwise.doctor import Finding
 from tests.doctor.instrumentation import global_state
-
-
-def line_of(marker: str) -> int:
-    """The line of this file holding ``marker`` in a comment."""
-    for number, text in enumerate(inspect.getsource(inspect.getmodule(line_of)).splitlines(), 1):
-        if text.rstrip().endswith(f"# {marker}"):
-            return number
-    raise AssertionError(marker)
+from tests.doctor.source import line_of
 
 
 def kinds(findings: list[Finding]) -> list[str]:

@@ -3,7 +3,6 @@ graph-leak, unscaled-clip, the reentrant-checkpoint case of graph-break): each f
 its line, with its figures compared against plain torch, and the look-alikes left alone."""
 
 import gc
-import inspect
 import warnings
 import weakref
 
@@ -15,13 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 import gradwise as gw
 from tests.doctor.instrumentation import global_state
-
-
-def line_of(marker: str) -> int:
-    for number, text in enumerate(inspect.getsource(inspect.getmodule(line_of)).splitlines(), 1):
-        if text.rstrip().endswith(f"# {marker}"):
-            return number
-    raise AssertionError(marker)
+from tests.doctor.source import line_of
 
 
 def serious(dr, kind=None):

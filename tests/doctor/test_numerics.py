@@ -2,7 +2,6 @@
 in the backward, with its figures compared against plain torch computations, the look-alikes
 they must leave alone, and nothing left behind."""
 
-import inspect
 import math
 
 import pytest
@@ -12,13 +11,7 @@ from torch import nn
 
 import gradwise as gw
 from tests.doctor.instrumentation import global_state
-
-
-def line_of(marker: str) -> int:
-    for number, text in enumerate(inspect.getsource(inspect.getmodule(line_of)).splitlines(), 1):
-        if text.rstrip().endswith(f"# {marker}"):
-            return number
-    raise AssertionError(marker)
+from tests.doctor.source import line_of
 
 
 def nonfinite(dr):

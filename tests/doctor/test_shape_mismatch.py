@@ -5,7 +5,6 @@ user unchanged); errors the code catches, and errors that are not about shapes, 
 finding; the CLI reports it with the crash; nothing is left behind."""
 
 import gc
-import inspect
 import json
 import textwrap
 import weakref
@@ -19,13 +18,7 @@ import gradwise as gw
 from gradwise import cli
 from gradwise.doctor._shapes import is_shape_error
 from tests.doctor.instrumentation import global_state
-
-
-def line_of(marker: str) -> int:
-    for number, text in enumerate(inspect.getsource(inspect.getmodule(line_of)).splitlines(), 1):
-        if text.rstrip().endswith(f"# {marker}"):
-            return number
-    raise AssertionError(marker)
+from tests.doctor.source import line_of
 
 
 def plain_error(fn) -> BaseException:

@@ -15,6 +15,7 @@ from torch import nn
 import gradwise as gw
 from gradwise.doctor import StopWatching
 from tests.doctor.instrumentation import global_state
+from tests.doctor.source import line_of
 
 
 def problems(dr):
@@ -80,7 +81,7 @@ def test_the_real_bug_is_still_found_among_several_models():
             loss_g.backward()
             opt_g.step()
     cut = [f for f in dr.findings if f.kind == "graph-break"]
-    assert len(cut) == 1 and cut[0].line == _line("generator-cut")
+    assert len(cut) == 1 and cut[0].line == line_of("generator-cut")
     assert set(cut[0].parameters) == {
         "generator.0.weight",
         "generator.0.bias",
@@ -104,7 +105,7 @@ def test_missing_zero_grad_is_judged_per_optimizer():
             F.softplus(-discriminator(fake)).mean().backward()
             opt_g.step()
     found = [f for f in dr.findings if f.kind == "missing-zero-grad"]
-    assert len(found) == 1 and found[0].line == _line("never zeroed")
+    assert len(found) == 1 and found[0].line == line_of("never zeroed")
     assert set(found[0].parameters) == {"discriminator.weight", "discriminator.bias"}
 
 
@@ -129,7 +130,7 @@ def test_closure_without_zero_grad_is_found_and_with_it_is_clean():
 
     assert problems(run(zero=True)) == []
     found = problems(run(zero=False))
-    assert [(f.kind, f.line) for f in found] == [("missing-zero-grad", _line("lbfgs-step"))]
+    assert [(f.kind, f.line) for f in found] == [("missing-zero-grad", line_of("lbfgs-step"))]
 
 
 def test_parameters_are_named_after_the_variables_holding_the_models():
@@ -145,7 +146,7 @@ def test_parameters_are_named_after_the_variables_holding_the_models():
             loss.backward()
             optimizer.step()
     (found,) = problems(dr)
-    assert found.kind == "parameter-not-optimized" and found.line == _line("student-optimizer")
+    assert found.kind == "parameter-not-optimized" and found.line == line_of("student-optimizer")
     assert found.parameters == ("student.1.bias", "student.1.weight")
 
 
@@ -228,13 +229,6 @@ def test_per_sample_warns_where_the_doctor_warns():
     x, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
     with pytest.warns(GradwiseWarning, match=r"\[log-probabilities-into-cross-entropy\].*redundant, harmless"):
         gw.per_sample.norms(model, F.cross_entropy, x, y)
-
-
-def _line(marker: str) -> int:
-    for number, text in enumerate(Path(__file__).read_text().splitlines(), 1):
-        if text.rstrip().endswith(f"# {marker}"):
-            return number
-    raise AssertionError(marker)
 
 
 def test_a_run_whose_training_is_in_child_processes_says_so():
