@@ -25,15 +25,21 @@ over a few rounds, so that a change in machine load hits both; the reference is 
 again for every row, and the spread of its times down the column shows how noisy the
 run was. On a machine shared with other work, ``--threads 1`` gives steadier CPU times.
 
-On CUDA the script also prints a memory floor per shape, from a device-to-device copy
-bandwidth measured in the same run; on CPU there is no figure it could honestly use, so
-it prints none.
+On CUDA with triton installed, every gradwise row is timed on both paths of
+``GRADWISE_KERNELS`` (``torch``: the reference; ``triton``: the kernels, see
+``gradwise/ops/_kernels``), and each row gets its memory-traffic floor: the bytes the op
+itself must move (forward: read logits, write the output; backward: read the incoming
+gradient and the logits, write the gradient; sampling ops also write and twice read 4-byte
+random bits), over a device-to-device copy bandwidth measured in the same run, and the
+fraction of that floor reached (floor / time). On CPU there is no figure it could honestly
+use: the GPU columns say "not measured".
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import time
@@ -105,6 +111,25 @@ class Case:
     label: str
     op: Op
     reference: str
+
+    @property
+    def sampling(self) -> bool:
+        return self.label.startswith(("sample", "gumbel"))
+
+
+def on_path(op: Op, path: str) -> Op:
+    """``op`` run with ``GRADWISE_KERNELS=path`` (the switch is read at every call)."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        os.environ["GRADWISE_KERNELS"] = path
+        return op(x)
+
+    return run
+
+
+def floor_bytes(case: Case, numel: int, itemsize: int) -> int:
+    """Bytes the op must move in one forward + backward (see the module docstring)."""
+    return numel * (5 * itemsize + (12 if case.sampling else 0))
 
 
 def gradwise_cases() -> list[Case]:
@@ -180,22 +205,6 @@ def copy_bandwidth(device: torch.device, min_run_time: float) -> float:
 
 
 # --- report ------------------------------------------------------------------------------------
-
-
-def memory_floor(sizes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.device, min_run_time: float) -> str:
-    """The time a step takes at the least to move its bytes, at a bandwidth measured now."""
-    bandwidth = copy_bandwidth(device, min_run_time)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    rows = []
-    for shape in sizes:
-        nbytes = 3 * math.prod(shape) * itemsize
-        rows.append(["x".join(map(str, shape)), f"{nbytes / 1e6:.0f}", fmt_ms(nbytes / bandwidth * 1e3)])
-    return (
-        f"Memory floor: any step reads logits and w and writes dL/dlogits at least once, 3 x numel x "
-        f"itemsize bytes, at the {bandwidth / 1e9:.0f} GB/s of a copy measured in this run. The memory-bound "
-        "rows (round_ste, sign_ste, argmax_onehot(st)) are the ones to hold against it.\n\n"
-        + markdown_table(["shape", "bytes moved (MB)", "floor (ms)"], rows)
-    )
 
 
 def device_name(device: torch.device) -> str:
@@ -280,22 +289,34 @@ def main() -> None:
 
     cases = gradwise_cases()
     generator = torch.Generator().manual_seed(0)
+    kernels = device.type == "cuda" and gw._optional.has("triton")
+    bandwidth = copy_bandwidth(device, min_run_time) if device.type == "cuda" else None
+    itemsize = torch.empty((), dtype=dtype).element_size()
     rows = []
     for shape in args.sizes:
         logits = torch.randn(shape, generator=generator).to(device, dtype).requires_grad_()
         w = torch.randn(shape, generator=generator).to(device, dtype)
         shape_text = "x".join(map(str, shape))
         for case in cases:
-            timers = [make_timer(case.op, logits, w), make_timer(REFERENCES[case.reference], logits, w)]
-            ms, ref = (statistics.median(times) * 1e3 for times in paired_times(timers, rounds, min_run_time))
-            rows.append([case.label, shape_text, fmt_ms(ms), case.reference, fmt_ms(ref), f"{ms / ref:.2f}"])
+            ops = [on_path(case.op, "torch")] + ([on_path(case.op, "triton")] if kernels else [])
+            timers = [make_timer(op, logits, w) for op in ops] + [make_timer(REFERENCES[case.reference], logits, w)]
+            *ms, ref = (statistics.median(times) * 1e3 for times in paired_times(timers, rounds, min_run_time))
+            best = min(ms)
+            row = [case.label, shape_text, fmt_ms(ms[0]), fmt_ms(ms[1]) if kernels else "-"]
+            row += [case.reference, fmt_ms(ref), f"{best / ref:.2f}"]
+            if bandwidth is None:
+                row += ["not measured", "not measured"]
+            else:
+                floor = floor_bytes(case, math.prod(shape), itemsize) / bandwidth * 1e3
+                row += [fmt_ms(floor), f"{floor / best:.0%}"]
+            rows.append(row)
+    os.environ.pop("GRADWISE_KERNELS", None)
 
-    header = ["op", "shape", "gradwise (ms)", "reference", "reference (ms)", "ratio"]
+    header = ["op", "shape", "gradwise torch (ms)", "gradwise triton (ms)", "reference", "reference (ms)"]
+    header += ["ratio (best / reference)", "GPU floor (ms)", "floor / time"]
     print(markdown_table(header, rows))
-
-    if device.type == "cuda":
-        print()
-        print(memory_floor(args.sizes, dtype, device, min_run_time))
+    if bandwidth is not None:
+        print(f"\nfloor bandwidth: {bandwidth / 1e9:.0f} GB/s (a device-to-device copy measured in this run)")
 
     print()
     print(f"total run time: {time.perf_counter() - start:.0f} s")

@@ -23,7 +23,8 @@ import torch
 
 from gradwise import _validate as v
 from gradwise.errors import ArgumentError
-from gradwise.ops import _noise
+from gradwise.ops import _kernels, _noise
+from gradwise.ops._kernels import _reference
 
 
 @dataclass(frozen=True)
@@ -187,17 +188,16 @@ def get(name: str) -> Estimator:
 
 
 class HardChoice(torch.autograd.Function):
-    """Forward: the k-hot of the top-``k`` of ``logits (+ noise)`` along ``dim``.
-    Backward: the named estimator's rule."""
+    """Forward: the k-hot of the top-``k`` of ``logits (+ the Gumbel noise of bits)`` along ``dim``.
+    Backward: the named estimator's rule. Both go through :mod:`gradwise.ops._kernels`
+    (a Triton kernel or the torch reference)."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(logits, noise, tau, k, dim, estimator, rao_samples, generator):
-        z = logits.to(_noise.compute_dtype(logits.dtype))
-        if noise is not None:
-            z = z + noise
-        return khot(z, k, dim).to(logits.dtype)
+        # noise: None, the Gumbel noise, or the int32 bits it is made from (ops/_kernels)
+        return _kernels.hard_forward(logits, noise, k, dim)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -213,16 +213,23 @@ class HardChoice(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_hard):
         logits, noise, hard, tau_tensor = ctx.saved_tensors
-        dtype = _noise.compute_dtype(logits.dtype)
-        z = logits.to(dtype)
-        tau = tau_tensor.to(dtype) if tau_tensor is not None else ctx.tau
         need_tau_grad = tau_tensor is not None and ctx.needs_input_grad[2]
+        if not ctx.needs_input_grad[0] and not need_tau_grad:
+            return (None,) * 8
+        dtype = _noise.compute_dtype(logits.dtype)
+        tau = tau_tensor.to(dtype) if tau_tensor is not None else ctx.tau
+        # D is piecewise constant in the logits: a double backward must not see a gradient
+        # through it (saved outputs otherwise carry this Function's own surrogate)
+        hard = hard.detach()
+        if not need_tau_grad:
+            grad_logits = _kernels.kernel_backward(ctx.estimator, grad_hard, logits, noise, hard, tau, ctx.k, ctx.dim)
+            if grad_logits is not None:
+                return grad_logits, None, None, None, None, None, None, None
+        z = logits.to(dtype)
         saved = _Saved(
             logits=z,
-            perturbed=None if noise is None else z + noise,
-            # D is piecewise constant in the logits: a double backward must not see a gradient
-            # through it (saved outputs otherwise carry this Function's own surrogate)
-            hard=hard.detach().to(dtype),
+            perturbed=None if noise is None else _reference.perturbed(z, noise),
+            hard=hard.to(dtype),
             tau=tau,
             need_tau_grad=need_tau_grad,
             k=ctx.k,
@@ -238,16 +245,6 @@ class HardChoice(torch.autograd.Function):
             grad_tau = torch.where(valid, grad_tau, 0.0).sum_to_size(tau_tensor.shape).to(tau_tensor.dtype)
         grad_logits = grad_logits.to(logits.dtype) if ctx.needs_input_grad[0] else None
         return grad_logits, None, grad_tau, None, None, None, None, None
-
-
-def khot(z: torch.Tensor, k: int, dim: int) -> torch.Tensor:
-    """{0, 1} tensor with ones at the top-``k`` of ``z`` along ``dim`` (ties: lowest index
-    for ``k = 1``); classes at ``-inf`` are never chosen; a NaN that is chosen (argmax and
-    topk rank NaN highest) is written as NaN, so it shows downstream."""
-    index = z.argmax(dim, keepdim=True) if k == 1 else z.topk(k, dim).indices
-    top = z.gather(dim, index)
-    mark = torch.where(torch.isnan(top), top, (top > float("-inf")).to(z.dtype))
-    return torch.zeros_like(z).scatter(dim, index, mark)
 
 
 def hard_choice(
@@ -288,9 +285,5 @@ def hard_choice(
         rao_samples = v.integer(api, "rao_samples", rao_samples, low=1)
     tau = v.temperature(api, tau, logits, dim)
     generator = v.generator(api, generator, logits.device)
-    noise = None
-    if sampling:
-        noise = _noise.gumbel(
-            logits.shape, dtype=_noise.compute_dtype(logits.dtype), device=logits.device, generator=generator
-        )
+    noise = _kernels.noise(logits, k, dim, generator) if sampling else None
     return HardChoice.apply(logits, noise, tau, k, dim, estimator, rao_samples, generator)

@@ -21,10 +21,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def bits(shape, *, device, generator=None) -> torch.Tensor:
+    """Uniform random ``int32`` in ``[0, 2**23)``: what every noise of gradwise is made from."""
+    return torch.randint(0, 2**_BITS, shape, generator=generator, device=device, dtype=torch.int32)
+
+
 def exponential(shape, *, dtype, device, generator=None) -> torch.Tensor:
     """``Exponential(1)`` samples, positive and finite."""
-    bits = torch.randint(0, 2**_BITS, shape, generator=generator, device=device, dtype=torch.int32)
-    return exponential_from_bits(bits, dtype)
+    return exponential_from_bits(bits(shape, device=device, generator=generator), dtype)
 
 
 def exponential_from_bits(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -32,9 +36,15 @@ def exponential_from_bits(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     return -torch.log((bits.to(dtype) + 0.5) * 2.0**-_BITS)
 
 
+def gumbel_from_bits(random_bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``-log(-log(U))``: the Gumbel of :func:`exponential_from_bits`'s ``U``. The kernels compute
+    the same expression from the same bits."""
+    return -torch.log(exponential_from_bits(random_bits, dtype))
+
+
 def gumbel(shape, *, dtype, device, generator=None) -> torch.Tensor:
     """Standard ``Gumbel(0, 1)`` samples, finite."""
-    return -torch.log(exponential(shape, dtype=dtype, device=device, generator=generator))
+    return gumbel_from_bits(bits(shape, device=device, generator=generator), dtype)
 
 
 def conditional_gumbels(
