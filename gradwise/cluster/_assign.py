@@ -1,12 +1,33 @@
-"""Nearest-centroid assignment in bounded chunks: the N x K distance matrix is never
-materialised beyond ``chunk_rows x K``."""
+"""The one distance primitive of ``gradwise.cluster``: every distance, argmin and per-centre
+sum of the package goes through this module.
+
+:func:`assign` (labels, nearest squared distances, optionally the sums) dispatches to the
+fused Triton kernel or the chunked torch reference (:mod:`._kernels`); in the reference
+the ``N x K`` distance matrix is never held beyond ``chunk_rows x K``.
+"""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-# bytes of one chunk of the distance matrix
-CHUNK_BYTES = 8388608
+from gradwise.cluster import _kernels
+
+# bytes of one chunk of the distance matrix: a chunk's scores stay in the L2 cache while
+# its minimum and sums are taken
+CHUNK_BYTES = 1048576
+# rows per chunk at least, so that each GEMM is large enough to run at full speed
+MIN_CHUNK_ROWS = 256
+
+
+class Assignment(NamedTuple):
+    """The result of :func:`assign`."""
+
+    labels: torch.Tensor  # (N,) int64
+    sq_dist: torch.Tensor  # (N,)
+    sums: torch.Tensor | None  # (K, D) weighted sums of the shifted points of each centre
+    counts: torch.Tensor | None  # (K,) total weight of each centre
 
 
 def chunk_rows(n_clusters: int, itemsize: int, budget: int | None = None) -> int:
@@ -28,12 +49,14 @@ def assign(
     x_sq: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
     sums: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+) -> Assignment:
     """Labels and squared distances to the nearest centre; optionally the weighted sums
     and total weights of the points of each centre (one pass over ``X``).
 
     Distances use ``|x|^2 - 2 x.c + |c|^2`` on ``X - shift`` (``shift``: the data mean,
-    which keeps the expansion accurate in float32), chunk by chunk.
+    which keeps the expansion accurate in float32). Rows whose two nearest centres are
+    within the rounding of that arithmetic are decided in float64; ties go to the lowest
+    index, as ``torch.argmin``.
 
     Args:
         X: ``(N, D)``.
@@ -44,29 +67,33 @@ def assign(
         sums: also return ``(K, D)`` weighted sums of the shifted points and ``(K,)`` weights.
 
     Returns:
-        ``labels (N,) int64``, ``sq_dist (N,)``, ``sums (K, D)`` or None, ``counts (K,)`` or None.
+        An :class:`Assignment`: ``labels (N,) int64``, ``sq_dist (N,)``, ``sums (K, D)`` or None,
+        ``counts (K,)`` or None.
     """
-    n, k = X.shape[0], centers.shape[0]
-    c = centers if shift is None else centers - shift
-    c_sq = (c * c).sum(1)
-    labels = torch.empty(n, dtype=torch.long, device=X.device)
-    sq_dist = torch.empty(n, dtype=X.dtype, device=X.device)
-    total = torch.zeros_like(c) if sums else None
-    for start, stop in chunks(n, chunk_rows(k, X.element_size())):
-        x = X[start:stop]
-        if shift is not None:
-            x = x - shift
-        scores = torch.addmm(c_sq, x, c.T, beta=1, alpha=-2)  # |c|^2 - 2 x.c
-        best, index = scores.min(1)
-        labels[start:stop] = index
-        rows_sq = (x * x).sum(1) if x_sq is None else x_sq[start:stop]
-        sq_dist[start:stop] = (best + rows_sq).clamp_min_(0)
-        if sums:
-            total.index_add_(0, index, x if weights is None else x * weights[start:stop, None])
-    counts = None
-    if sums:
-        counts = torch.bincount(labels, weights=weights, minlength=k).to(X.dtype)
-    return labels, sq_dist, total, counts
+    rows = max(MIN_CHUNK_ROWS, chunk_rows(centers.shape[0], X.element_size()))
+    return Assignment(*_kernels.assign(X, centers, shift, x_sq, weights, sums, rows))
+
+
+def sq_distances(X: torch.Tensor, points: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """``(M, N)`` squared distances of the ``M`` points to every row of ``X`` (``|p|^2 - 2 p.x +
+    |x|^2`` on shifted data, clamped at 0), chunk by chunk over ``X``."""
+    out = torch.empty(points.shape[0], X.shape[0], dtype=X.dtype, device=X.device)
+    p = points if shift is None else points - shift
+    p_sq = (p * p).sum(1)
+    for start, stop in chunks(X.shape[0], chunk_rows(points.shape[0], X.element_size(), 8 * CHUNK_BYTES)):
+        x = X[start:stop] if shift is None else X[start:stop] - shift
+        out[:, start:stop] = (torch.addmm(p_sq[:, None], p, x.T, beta=1, alpha=-2) + (x * x).sum(1)).clamp_min_(0)
+    return out
+
+
+def distances(X: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` Euclidean distances of every row to every centre (materialised: an output)."""
+    return torch.cdist(X, centers)
+
+
+def row_norms(X: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """``|x_i - shift|^2`` for every row (computed once per fit, reused by every pass)."""
+    return _kernels.row_norms(X, shift, chunk_rows(1, X.element_size() * X.shape[1]))
 
 
 def needs_shift(X: torch.Tensor, mean: torch.Tensor, variance: float) -> bool:

@@ -47,7 +47,7 @@ def kmeans_plusplus(
     total_w = comm.sum(weights.sum().reshape(1).clone(), "k-means++")
     u = torch.rand(1, generator=generator, dtype=torch.float64).item()
     centers[0] = pick(comm, X, weights, torch.tensor([u * total_w.item()], dtype=torch.float64))[0]
-    closest = _sq_dist_to(X, centers[0:1], shift)[0]
+    closest = _assign.sq_distances(X, centers[0:1], shift)[0]
     potential = comm.sum((weights * closest).sum().reshape(1).clone(), "k-means++").item()
     for c in range(1, n_clusters):
         if potential <= 0:
@@ -56,7 +56,7 @@ def kmeans_plusplus(
             )
         draws = torch.rand(n_trials, generator=generator, dtype=torch.float64) * potential
         candidates = pick(comm, X, weights * closest, draws)
-        dist = torch.minimum(closest[None, :], _sq_dist_to(X, candidates, shift))  # (trials, n_local)
+        dist = torch.minimum(closest[None, :], _assign.sq_distances(X, candidates, shift))  # (trials, n_local)
         pots = comm.sum((dist * weights).sum(1), "k-means++")
         best = int(torch.argmin(pots))
         potential = pots[best].item()
@@ -115,17 +115,6 @@ def _more_anywhere(comm: Comm, local_exhausted: bool, device: torch.device) -> b
     """Whether some process still has candidates it did not offer (all processes agree)."""
     flag = torch.tensor([0.0 if local_exhausted else 1.0], dtype=torch.float64, device=device)
     return float(comm.sum(flag, "random init")) > 0
-
-
-def _sq_dist_to(X: torch.Tensor, points: torch.Tensor, shift) -> torch.Tensor:
-    """``(len(points), N)`` squared distances, computed in chunks of X."""
-    out = torch.empty(points.shape[0], X.shape[0], dtype=X.dtype, device=X.device)
-    p = points - shift
-    p_sq = (p * p).sum(1)
-    for start, stop in _assign.chunks(X.shape[0], _assign.chunk_rows(points.shape[0], X.element_size())):
-        x = X[start:stop] - shift
-        out[:, start:stop] = (torch.addmm(p_sq[:, None], p, x.T, beta=1, alpha=-2) + (x * x).sum(1)).clamp_min_(0)
-    return out
 
 
 _MASK64 = (1 << 64) - 1

@@ -1,9 +1,8 @@
-"""KMeans with scikit-learn's API and semantics: Lloyd, mini-batch and gradient descent
-on the argmin loss; chunked assignment; shards over torch.distributed."""
+"""KMeans with scikit-learn's API and semantics (the estimator); the algorithms are in
+``_lloyd.py``, ``_minibatch.py`` and ``_gradient.py``, every distance in ``_assign.py``."""
 
 from __future__ import annotations
 
-import math
 import sys
 import warnings
 from typing import Any
@@ -13,7 +12,7 @@ from torch import nn
 
 from gradwise import _validate as v
 from gradwise._frames import user_stacklevel
-from gradwise.cluster import _assign, _init
+from gradwise.cluster import _assign, _common, _gradient, _init, _lloyd, _minibatch
 from gradwise.cluster._distributed import Comm
 from gradwise.errors import ArgumentError, ArgumentTypeError
 
@@ -235,10 +234,10 @@ class KMeans:
             raise ArgumentError(f"{api}: init has {self.init.shape[1]} features but X has {X.shape[1]}")
         # scikit-learn's tolerance: relative to the mean variance of the features
         n_local = torch.tensor([float(X.shape[0])], dtype=torch.float64, device=X.device)
-        s1 = comm.sum(torch.cat([n_local, _column_sums(X)]), "computing the mean")
+        s1 = comm.sum(torch.cat([n_local, _common.column_sums(X)]), "computing the mean")
         mean = s1[1:] / s1[0]
         sq = torch.zeros_like(mean)
-        for start, stop in _assign.chunks(X.shape[0], _rows_per_pass(X)):
+        for start, stop in _assign.chunks(X.shape[0], _common.rows_per_pass(X)):
             sq += ((X[start:stop].double() - mean) ** 2).sum(0)
         variances = comm.sum(sq, "computing the variance") / s1[0]
         tol = float(variances.mean()) * self.tol
@@ -258,11 +257,11 @@ class KMeans:
         for run in range(runs):
             centers = self._initial_centers(api, comm, X, weights, generator, mean.to(X.dtype), seed + run)
             if self.algorithm == "lloyd":
-                result = _lloyd(
+                result = _lloyd.lloyd(
                     comm, X, weights, centers, shift, self.max_iter, tol, self._log(comm), sample_weight is None
                 )
             elif self.algorithm == "gradient":
-                result = _gradient(
+                result = _gradient.gradient(
                     comm,
                     X,
                     weights,
@@ -276,7 +275,7 @@ class KMeans:
                     self._log(comm),
                 )
             else:
-                result = _minibatch(
+                result = _minibatch.minibatch(
                     comm, X, weights, centers, shift, self.max_iter, tol, self.batch_size, generator, self._log(comm)
                 )
             if best is None or result[2] < best[2]:
@@ -306,7 +305,7 @@ class KMeans:
     def transform(self, X: Any) -> torch.Tensor:
         """Euclidean distances to every centre: ``(N, K)`` (materialised: this is the output)."""
         X, home = self._fitted_data("KMeans.transform", X)
-        return torch.cdist(X, self._centers(X)).to(home)
+        return _assign.distances(X, self._centers(X)).to(home)
 
     def score(self, X: Any, y: Any = None, *, sample_weight: Any = None) -> float:
         """Negative inertia of ``X`` against the fitted centres."""
@@ -331,7 +330,7 @@ class KMeans:
         X = X.to(device=self._device() or home, dtype=self.dtype or X.dtype)
         if X.shape[1] == 0:
             raise ArgumentError(f"{api}: X has 0 features")
-        for start, stop in _assign.chunks(X.shape[0], _rows_per_pass(X)):
+        for start, stop in _assign.chunks(X.shape[0], _common.rows_per_pass(X)):
             finite = torch.isfinite(X[start:stop])
             if not bool(finite.all()):
                 row, col = (~finite).nonzero()[0].tolist()
@@ -400,229 +399,6 @@ def _array(api: str, name: str, value: Any) -> torch.Tensor:
         ) from exc
 
 
-def _reduce(comm: Comm, sums: torch.Tensor, counts: torch.Tensor) -> None:
-    comm.sum(sums, "summing the clusters")
-    comm.sum(counts, "counting the clusters")
-
-
-def _relocate_and_average(comm: Comm, X, weights, centers, mean, sums, counts, labels, sq_dist):
-    """New centres from (all-reduced) sums and counts of the shifted points; an empty
-    cluster takes the point farthest from its centre, which leaves its old cluster
-    (scikit-learn's rule), instead of staying at the origin or becoming NaN."""
-    empty = (counts == 0).nonzero().reshape(-1)
-    if len(empty):
-        n_empty = len(empty)
-        k_local = min(n_empty, X.shape[0])
-        far = sq_dist.topk(k_local)
-        values = torch.full((n_empty,), -1.0, dtype=torch.float64, device=X.device)
-        values[:k_local] = far.values.double()
-        rows = torch.zeros(n_empty, X.shape[1] + 2, dtype=X.dtype, device=X.device)  # point, weight, old label
-        rows[:k_local, :-2] = _shifted(X[far.indices], mean)
-        rows[:k_local, -2] = weights[far.indices]
-        rows[:k_local, -1] = labels[far.indices].to(X.dtype)
-        all_values = torch.cat(comm.gather(values, "relocating empty clusters"))
-        all_rows = torch.cat(comm.gather(rows, "relocating empty clusters"))
-        if float(all_values.max()) > 0:  # all points on their centres: nothing to gain
-            for new, pick in zip(empty.tolist(), all_values.topk(n_empty).indices.tolist(), strict=True):
-                point, w, old = all_rows[pick, :-2], all_rows[pick, -2], int(all_rows[pick, -1])
-                sums[old] -= point * w
-                counts[old] -= w
-                sums[new] = point * w
-                counts[new] = w
-    filled = (counts > 0)[:, None]
-    averages = sums / counts.clamp_min(torch.finfo(X.dtype).tiny)[:, None]
-    return torch.where(filled, averages if mean is None else averages + mean, centers)
-
-
-def _largest_shard(comm: Comm, n: int, device) -> int:
-    if comm.world == 1:
-        return n
-    return int(torch.cat(comm.gather(torch.tensor([n], device=device), "sharing the shard sizes")).max())
-
-
-def _rows_per_pass(X: torch.Tensor) -> int:
-    """Rows per chunk of an elementwise pass over X (temporaries of bounded size)."""
-    return _assign.chunk_rows(1, 8 * X.shape[1])
-
-
-def _column_sums(X: torch.Tensor) -> torch.Tensor:
-    """Column sums in float64, chunk by chunk (``X.sum(0, dtype=float64)`` casts all of X)."""
-    total = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
-    for start, stop in _assign.chunks(X.shape[0], _rows_per_pass(X)):
-        total += X[start:stop].sum(0, dtype=torch.float64)
-    return total
-
-
-def _shifted(x: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
-    return x if shift is None else x - shift
-
-
-def _inertia(comm: Comm, X, weights, centers, labels) -> float:
-    """``sum_i w_i |x_i - c_{labels_i}|^2``, chunked, all-reduced."""
-    total = torch.zeros(1, dtype=torch.float64, device=X.device)
-    for start, stop in _assign.chunks(X.shape[0], _assign.chunk_rows(1, X.element_size() * X.shape[1])):
-        d = X[start:stop] - centers[labels[start:stop]]
-        total += ((d * d).sum(1).double() * weights[start:stop].double()).sum()
-    return float(comm.sum(total, "computing the inertia"))
-
-
-def _converged(comm: Comm, labels, labels_old) -> bool:
-    """Whether no label changed on any process."""
-    changed = torch.tensor([0.0 if labels_old is not None and torch.equal(labels, labels_old) else 1.0])
-    return labels_old is not None and float(comm.sum(changed, "checking convergence")) == 0
-
-
-def _lloyd(comm, X, weights, centers, mean, max_iter, tol, log, uniform=False):
-    """scikit-learn's Lloyd loop: stop when no label changes (strict) or the squared centre
-    shift is within ``tol``; without strict convergence, labels are recomputed at the end."""
-    labels_old, strict = None, False
-    x_sq = _row_norms(X, mean)
-    for i in range(max_iter):
-        labels, sq_dist, sums, counts = _assign.assign(
-            X, centers, shift=mean, x_sq=x_sq, weights=None if uniform else weights, sums=True
-        )
-        _reduce(comm, sums, counts)
-        new_centers = _relocate_and_average(comm, X, weights, centers, mean, sums, counts, labels, sq_dist)
-        shift = float(((new_centers - centers) ** 2).sum())
-        if log:
-            log(i, float(comm.sum((sq_dist.double() * weights.double()).sum().reshape(1))), shift)
-        centers = new_centers
-        if _converged(comm, labels, labels_old):
-            strict = True
-            break
-        if shift <= tol:
-            break
-        labels_old = labels
-    if not strict:
-        labels = _assign.assign(X, centers, shift=mean, x_sq=x_sq)[0]
-    return centers, labels, _inertia(comm, X, weights, centers, labels), i + 1
-
-
-def _row_norms(X: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
-    """``|x_i - shift|^2`` for every row, once per fit."""
-    out = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
-    for start, stop in _assign.chunks(X.shape[0], _assign.chunk_rows(1, X.element_size() * X.shape[1])):
-        x = _shifted(X[start:stop], shift)
-        out[start:stop] = (x * x).sum(1)
-    return out
-
-
-def _gradient(comm, X, weights, centers, mean, max_iter, tol, batch_size, lr, generator, log):
-    """Gradient descent on the argmin loss: autograd through ``0.5 * sum w |x - c_a|^2`` and
-    SGD on the centres with the gradient of centre k divided by its weight n_k (rate lr / n_k).
-    With full batches n_k is the weight assigned in this step, and with lr = 1 each step is
-    a Newton step: Lloyd's update. With mini-batches n_k is the weight assigned so far (the
-    online k-means of Bottou and Bengio 1995), so steps shrink and the centres converge.
-    Empty clusters are relocated as in Lloyd."""
-    param = nn.Parameter(centers.clone())
-    opt = torch.optim.SGD([param], lr=lr)
-    n = X.shape[0]
-    n_max = _largest_shard(comm, n, X.device)
-    full = batch_size >= n_max
-    step_size = n if full else batch_size
-    seen = torch.zeros(centers.shape[0], dtype=X.dtype, device=X.device)
-    labels_old = None
-    for i in range(max_iter):
-        old = param.detach().clone()
-        # every process takes the same number of steps (shards may differ in size)
-        order = torch.arange(n) if full else torch.randperm(n_max, generator=generator) % max(n, 1)
-        for start in range(0, len(order), step_size):
-            index = order[start : start + step_size].to(X.device)
-            xb, wb = X[index], weights[index]
-            with torch.no_grad():
-                labels, sq_dist, sums, counts = _assign.assign(xb, param, shift=mean, weights=wb, sums=True)
-                _reduce(comm, sums, counts)
-            opt.zero_grad()
-            _loss_given_labels(xb, param, labels, wb).backward()
-            with torch.no_grad():
-                comm.sum(param.grad, "summing gradients")
-                seen = counts if full else seen + counts
-                param.grad /= seen.clamp_min(torch.finfo(X.dtype).tiny)[:, None]
-            opt.step()
-            if full and bool((counts == 0).any()):
-                with torch.no_grad():
-                    param.copy_(
-                        _relocate_and_average(comm, xb, wb, param.detach(), mean, sums, counts, labels, sq_dist)
-                    )
-        shift = float(((param.detach() - old) ** 2).sum())
-        if log:
-            log(i, float(comm.sum((sq_dist.double() * wb.double()).sum().reshape(1))), shift)
-        if full:
-            if _converged(comm, labels, labels_old):
-                break
-            labels_old = labels
-        if shift <= tol:
-            break
-    centers = param.detach()
-    labels = _assign.assign(X, centers, shift=mean)[0]
-    return centers, labels, _inertia(comm, X, weights, centers, labels), i + 1
-
-
-def _minibatch(
-    comm,
-    X,
-    weights,
-    centers,
-    mean,
-    max_iter,
-    tol,
-    batch_size,
-    generator,
-    log,
-    reassignment_ratio=0.01,
-    max_no_improvement=10,
-):
-    """Sculley (2010): each centre moves toward its batch points with rate 1 / (its total
-    weight so far); centres whose weight stays below ``reassignment_ratio`` of the largest
-    are moved to points drawn by squared distance."""
-    n = X.shape[0]
-    n_max = _largest_shard(comm, n, X.device)
-    batch_size = min(batch_size, n_max)
-    per_pass = max(1, n_max // batch_size)
-    steps = max_iter * per_pass
-    counts_total = torch.zeros(centers.shape[0], dtype=X.dtype, device=X.device)
-    ewa, best_ewa, no_improvement = None, math.inf, 0
-    n_total = n if comm.world == 1 else comm.offsets(n, X.device)[1]
-    alpha = batch_size * comm.world * 2.0 / (n_total + 1)  # decay of the averaged batch inertia
-    for step in range(steps):
-        index = (torch.randint(n_max, (batch_size,), generator=generator) % max(n, 1)).to(X.device)
-        xb, wb = X[index], weights[index]
-        labels, sq_dist, sums, counts = _assign.assign(xb, centers, shift=mean, weights=wb, sums=True)
-        _reduce(comm, sums, counts)
-        old = centers
-        seen = counts > 0
-        total = counts_total + counts
-        moved = (_shifted(old, mean) * counts_total[:, None] + sums) / total.clamp_min(1e-30)[:, None]
-        centers = torch.where(seen[:, None], moved if mean is None else moved + mean, old)
-        counts_total = total
-        if step % 10 == 9:  # reassign starved centres (scikit-learn: every few steps)
-            starved = counts_total < reassignment_ratio * counts_total.max()
-            if bool(starved.any()) and bool((~starved).any()):
-                mass = sq_dist * wb
-                total_mass = float(comm.sum(mass.sum().reshape(1).double(), "reassigning centres"))
-                if total_mass > 0:  # new centres drawn by squared distance, the same on every process
-                    draws = torch.rand(int(starved.sum()), generator=generator, dtype=torch.float64) * total_mass
-                    centers = centers.clone()
-                    centers[starved] = _init.pick(comm, xb, mass, draws)
-                    counts_total[starved] = counts_total[~starved].min()
-        shift = float(((centers - old) ** 2).sum())
-        batch_inertia = float(comm.sum((sq_dist.double() * wb.double()).sum().reshape(1))) / batch_size
-        ewa = batch_inertia if ewa is None else ewa * (1 - alpha) + batch_inertia * alpha
-        if log:
-            log(step, batch_inertia, shift)
-        if tol > 0 and shift <= tol:
-            break
-        if ewa < best_ewa:
-            best_ewa, no_improvement = ewa, 0
-        else:
-            no_improvement += 1
-            if no_improvement >= max_no_improvement:
-                break
-    labels = _assign.assign(X, centers, shift=mean)[0]
-    passes = -(-(step + 1) // per_pass)  # n_iter_ counts passes over the data, as scikit-learn's does
-    return centers, labels, _inertia(comm, X, weights, centers, labels), passes
-
-
 def kmeans_loss(
     X: torch.Tensor, centers: torch.Tensor, *, sample_weight: torch.Tensor | None = None, reduction: str = "sum"
 ) -> torch.Tensor:
@@ -665,18 +441,10 @@ def kmeans_loss(
     v.choice(api, "reduction", reduction, ("sum", "mean"))
     with torch.no_grad():
         labels = _assign.assign(X.detach(), centers.detach(), shift=X.detach().mean(0))[0]
-    total = _loss_given_labels(X, centers, labels, sample_weight)
+    total = _common.loss_given_labels(X, centers, labels, sample_weight)
     if reduction == "mean":
         total = total / (sample_weight.sum() if sample_weight is not None else X.shape[0])
     return total
-
-
-def _loss_given_labels(X, centers, labels, sample_weight=None) -> torch.Tensor:
-    diff = X - centers[labels]
-    sq = (diff * diff).sum(1)
-    if sample_weight is not None:
-        sq = sq * sample_weight
-    return sq.sum() * 0.5
 
 
 def soft_kmeans_assign(X: torch.Tensor, centers: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
