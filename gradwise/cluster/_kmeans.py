@@ -330,6 +330,8 @@ class KMeans:
         X = X.to(device=self._device() or home, dtype=self.dtype or X.dtype)
         if X.shape[1] == 0:
             raise ArgumentError(f"{api}: X has 0 features")
+        if X.numel() and bool(torch.isfinite(X.sum())):  # one reduction; finite values can overflow it
+            return X, home
         for start, stop in _assign.chunks(X.shape[0], _common.rows_per_pass(X)):
             finite = torch.isfinite(X[start:stop])
             if not bool(finite.all()):

@@ -15,6 +15,8 @@ import torch
 
 # rounding of the GEMM's inputs by the float32 matmul precision ("high": TF32, "medium": bfloat16)
 _INPUT_ROUNDING = {"highest": 0.0, "high": 2.0**-9, "medium": 2.0**-7}
+# integers exactly representable (the mask's dot product)
+_EXACT_INDEX = {torch.float32: 2**24, torch.float64: 2**53}
 
 
 def tie_scale(dtype: torch.dtype, n_features: int, input_rounding: float = 0.0) -> float:
@@ -45,6 +47,14 @@ def assign(
     """Labels, squared distances and the near-tie flags of every row; the weighted sums of the
     shifted points of each centre and their total weights, without the flagged rows.
 
+    Per chunk, in buffers allocated once: the scores ``|c|^2 - 2 x.c`` (``torch.addmm``), their
+    row minimum (``torch.amin``, vectorised, unlike ``min`` with indices), then the scores
+    become the 0/1 mask of the centres within the near-tie bound of that minimum; a row whose
+    mask has exactly one 1 is decided. One dot product of the mask with ``K, K+1, ..., 2K-1``
+    gives both: ``K + j`` (exact: one integer plus zeros) when centre ``j`` alone is in the
+    mask, at least ``2K`` (rounding is monotone) when several are, 0 when none is (a
+    non-finite row). Every row but the first kind is flagged.
+
     Args:
         X: ``(N, D)``. c: ``(K, D)`` shifted centres. c_sq: ``(K,)`` their squared norms.
         shift: ``(D,)`` or None. x_sq: ``(N,)`` squared norms of the shifted rows, or None.
@@ -55,6 +65,79 @@ def assign(
         ``labels (N,) int64``, ``sq_dist (N,)``, ``flagged (N,) bool``, ``sums (K, D)`` or None,
         ``counts (K,)`` or None (both without the flagged rows).
     """
+    n, d, k = X.shape[0], X.shape[1], c.shape[0]
+    if X.dtype not in _EXACT_INDEX or matmul_rounding(X) > 0 or 2 * k > _EXACT_INDEX[X.dtype]:
+        # the mask's dot product must be exact: no rounded GEMM inputs, integers exact up to 2K
+        return _assign_by_min(X, c, c_sq, shift, x_sq, weights, sums, rows)
+    rows = min(rows, max(n, 1))
+    opts = {"dtype": X.dtype, "device": X.device}
+    # per row, written by the loop through out=: the minimum score and the mask's dot product
+    best_all, dot_all = torch.empty(n, **opts), torch.empty(n, **opts)
+    rows_sq_all = torch.empty(n, **opts) if x_sq is None else x_sq
+    scale, c_max = tie_scale(X.dtype, d), c_sq.max().sqrt()
+    # the bound's part that does not depend on the minimum, for all rows at once when x_sq is known
+    margin = None if x_sq is None else _margin(x_sq, c_max, scale)
+    # the flagged rows go to a spare row k of the sums, dropped at the end
+    total = torch.zeros(k + 1, d, **opts) if sums else None
+    slot = torch.empty(n, dtype=torch.long, device=X.device) if sums else None
+    weight = torch.arange(k, 2 * k, **opts)  # K + j: the dot product is K + j for one 1, >= 2K for more
+    scores_buf, x_buf = torch.empty(rows, k, **opts), torch.empty(rows, d, **opts)
+    bound_buf = torch.empty(rows, **opts)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        m = stop - start
+        x = X[start:stop]
+        if shift is not None:
+            x = torch.sub(x, shift, out=x_buf[:m])
+        scores = torch.addmm(c_sq, x, c.T, beta=1, alpha=-2, out=scores_buf[:m])
+        best = torch.amin(scores, 1, out=best_all[start:stop])
+        if margin is None:
+            part = _margin(torch.sum(x * x, 1, out=rows_sq_all[start:stop]), c_max, scale)
+        else:
+            part = margin[start:stop]
+        # a non-finite minimum (a non-finite row, or scores past the float range, which implies
+        # (|x| + max|c|)^2 is too) comes with an infinite margin: the bound is NaN (no centre in
+        # the mask) or inf (all of them), and the row is flagged unless K = 1
+        bound = torch.add(best, part, out=bound_buf[:m])
+        dot = torch.mv(scores.le_(bound[:, None]), weight, out=dot_all[start:stop])
+        if sums:
+            slot[start:stop] = _slot(dot, k, bound_buf[:m])
+            rows_x = x if weights is None else torch.mul(x, weights[start:stop, None], out=x_buf[:m])
+            total.index_add_(0, slot[start:stop], rows_x)
+    labels = slot if sums else _slot(dot_all, k, dot_all).long()
+    flagged = labels == k
+    sq_dist = best_all.add_(rows_sq_all).clamp_min_(0)
+    counts = None
+    if sums:
+        counts = torch.bincount(labels, weights=weights, minlength=k + 1)[:k].to(X.dtype)
+        total = total[:k]
+    return labels, sq_dist, flagged, total, counts
+
+
+def _slot(dot: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
+    """The label ``dot - K`` of a decided row (``K <= dot < 2K``), ``K`` for a flagged one (0: no
+    centre in the mask, a non-finite row; ``>= 2K``: a near-tie), written to ``out``."""
+    return torch.sub(dot, k, out=out).abs_().clamp_max_(k)
+
+
+def _margin(rows_sq: torch.Tensor, c_max: torch.Tensor, scale: float) -> torch.Tensor:
+    """The near-tie bound ``scale * (|x| + max|c|)^2`` of each row (squared before the scale, so
+    that it is inf whenever a score can overflow)."""
+    return rows_sq.sqrt().add_(c_max).square_().mul_(scale)
+
+
+def _assign_by_min(
+    X: torch.Tensor,
+    c: torch.Tensor,
+    c_sq: torch.Tensor,
+    shift: torch.Tensor | None,
+    x_sq: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    sums: bool,
+    rows: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`assign` for a GEMM that rounds its inputs: ``torch.min`` with indices and the second
+    best score by a second pass over the chunk."""
     n, k = X.shape[0], c.shape[0]
     labels = torch.empty(n, dtype=torch.long, device=X.device)
     sq_dist = torch.empty(n, dtype=X.dtype, device=X.device)
