@@ -43,6 +43,13 @@ def floating_tensor(api: str, name: str, value: Any, *, min_ndim: int = 0) -> to
     return value
 
 
+def boolean(api: str, name: str, value: Any) -> bool:
+    """A ``bool`` (not a truthy value of another type)."""
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{api}: {name} must be True or False (got {type(value).__name__}: {describe(value)})")
+    return value
+
+
 def integer(api: str, name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
     """An ``int`` (not ``bool``) with ``low <= value <= high``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

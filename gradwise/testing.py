@@ -45,7 +45,9 @@ from gradwise.errors import ArgumentError, FunctionCheckError
 
 __all__ = ["CHECKS", "CheckResult", "FunctionReport", "assert_function_ok", "check_function"]
 
-PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
+PASS, FAIL, ADVICE, SKIPPED = "pass", "fail", "advice", "skipped"
+# checks that take seconds (a torch.compile); skipped under fast=True unless asked for by name
+_SLOW_CHECKS = ("compile",)
 
 # tolerances of the low-precision comparison with float64: (rtol, atol), relative to the
 # largest magnitude of the float64 reference
@@ -59,7 +61,9 @@ _MAX_NUMERICAL_ELEMENTS = 400  # per input; larger inputs are checked on a rando
 
 @dataclass(frozen=True)
 class CheckResult:
-    """One check's outcome: ``status`` is ``"pass"``, ``"fail"`` or ``"skipped"``."""
+    """One check's outcome: ``status`` is ``"pass"``, ``"fail"`` (a wrong result: a gradient,
+    an output, a crash), ``"advice"`` (correct, but wasteful or fragile: the message says what
+    to change) or ``"skipped"``."""
 
     name: str
     status: str
@@ -87,6 +91,11 @@ class FunctionReport:
     def failed(self) -> list[CheckResult]:
         return [c for c in self.checks if c.status == FAIL]
 
+    @property
+    def advice(self) -> list[CheckResult]:
+        """Checks that found the Function correct but wasteful or fragile."""
+        return [c for c in self.checks if c.status == ADVICE]
+
     def __getitem__(self, name: str) -> CheckResult:
         for c in self.checks:
             if c.name == name:
@@ -95,6 +104,8 @@ class FunctionReport:
 
     def __str__(self) -> str:
         head = f"check_function({self.function}): " + ("ok" if self.ok else f"{len(self.failed)} check(s) failed")
+        if self.advice:
+            head += f", {len(self.advice)} advice"
         lines = [head]
         for c in self.checks:
             first, *rest = c.message.splitlines() or [""]
@@ -121,6 +132,7 @@ def check_function(
     rtol: float | None = None,
     seed: int = 0,
     compile_backend: str = "inductor",
+    fast: bool = True,
 ) -> FunctionReport:
     """Check a custom autograd Function (or any callable that uses one) on example inputs.
 
@@ -136,17 +148,23 @@ def check_function(
       input, naming the input that disagrees and by how much (and whether it is the
       transpose). With ``surrogate`` it is skipped, and the report says whether plain
       ``torch.autograd.gradcheck`` fails and why.
-    - ``gradgradcheck``: ``torch.autograd.gradgradcheck`` when the backward is itself
-      differentiable (it claims second derivatives); skipped otherwise.
+    - ``gradgradcheck``: second derivatives against finite differences of the backward, with
+      a cotangent that requires grad (as a gradient penalty has). A backward computed on
+      detached tensors without ``@once_differentiable`` fails (its double backward is silently
+      wrong); one marked ``@once_differentiable`` is skipped (double backward raises).
     - ``surrogate``: the backward against the autograd gradient of ``surrogate`` (same
-      inputs, same cotangent), for estimators whose forward is not differentiable.
-    - ``needs_input_grad``: backward returns one value per ``forward`` argument, ``None``
-      for arguments that need no gradient, and gradients of their inputs' shape and dtype.
+      inputs, same cotangent), for estimators whose forward is not differentiable; with or
+      without a surrogate, a locally constant forward whose backward gives every class of a
+      row the same gradient fails (such a gradient can never change an argmax or a sample).
+    - ``needs_input_grad``: backward returns one value per ``forward`` argument and
+      gradients of their inputs' shape and dtype; gradients computed for arguments with
+      ``ctx.needs_input_grad`` False are advice (wasted work, not a wrong result).
     - ``save_for_backward``: no tensor is kept as an attribute of ``ctx``.
     - ``non_contiguous``: non-contiguous inputs give the same outputs and gradients.
     - ``dtypes``: float32, float16 and bfloat16 agree with float64 within stated tolerances.
     - ``vmap``: ``torch.func.vmap`` over a batch of inputs equals a loop (values and gradients).
-    - ``compile``: ``torch.compile`` gives the same outputs and gradients as eager.
+    - ``compile``: ``torch.compile`` gives the same outputs and gradients as eager (seconds:
+      skipped under ``fast=True`` unless named in ``checks``).
     - ``mutation``: neither forward nor backward modifies an input.
     - ``determinism``: two calls after the same seed give bit-identical outputs.
 
@@ -162,10 +180,15 @@ def check_function(
         rtol: relative tolerance of the same (default 1e-3 numerical, 1e-5 surrogate).
         seed: the seed set before every call of ``fn``.
         compile_backend: the ``torch.compile`` backend of the ``compile`` check.
+        fast: skip the slow checks (``compile``) unless ``checks`` names them.
 
     Returns:
-        A :class:`FunctionReport`: ``.ok``, ``.checks``, a readable ``str()`` and
-        ``.raise_if_failed()``.
+        A :class:`FunctionReport`: ``.ok`` (no check failed; advice does not count),
+        ``.checks``, ``.failed``, ``.advice``, a readable ``str()`` and ``.raise_if_failed()``.
+
+    Raises:
+        ArgumentError: ``fn`` returns no floating-point tensor on the inputs (nothing to
+            differentiate), or no input is a floating-point tensor.
     """
     api = "check_function"
     if not callable(fn):
@@ -181,18 +204,55 @@ def check_function(
         ),
         "surrogate": (1e-5 if rtol is None else rtol, 1e-7 if atol is None else atol),
     }
+    fast = v.boolean(api, "fast", fast)
     args = _Args(api, inputs)
     ctx = _Context(fn=fn, args=args, surrogate=surrogate, seed=seed, tol=tolerances, backend=compile_backend)
     report = FunctionReport(function=_describe_fn(fn))
     devices = sorted({a.device.index for a in args.tensors if a.is_cuda and a.device.index is not None})
     with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        _probe(api, ctx)
         for name in selected:
-            try:
-                result = _CHECK_FUNCTIONS[name](ctx)
-            except Exception as exc:  # a check that crashes reports the crash, not raise
-                result = (FAIL, _explain_exception(exc, ctx))
+            if fast and checks is None and name in _SLOW_CHECKS:
+                why = f"skipped by fast=True (it takes seconds): pass fast=False or checks=[{name!r}, ...]"
+                result = (SKIPPED, why)
+            else:
+                try:
+                    result = _CHECK_FUNCTIONS[name](ctx)
+                except Exception as exc:  # a check that crashes reports the crash, not raise
+                    result = (FAIL, _explain_exception(exc, ctx))
             report.checks.append(CheckResult(name, *result))
+    report.checks = _once_per_cause(report.checks)
     return report
+
+
+def _probe(api: str, ctx: _Context) -> None:
+    """Refuse a fn with nothing to check: it returns no floating-point tensor. A fn that raises
+    is left to the checks, which report where."""
+    try:
+        out = ctx.call(ctx.fn, ctx.args.make(torch.float64))
+    except Exception:
+        return
+    if not ctx.outputs(out):
+        raise ArgumentError(
+            f"{api}: fn must return a floating-point tensor, or a tuple or list holding one "
+            f"(got {v.describe(out)}): there is no gradient to check"
+        )
+
+
+def _once_per_cause(checks: list[CheckResult]) -> list[CheckResult]:
+    """A failure with the same text as an earlier one (one bug seen by several checks) is
+    reported once; the later checks point to it."""
+    first: dict[str, str] = {}
+    out = []
+    for c in checks:
+        if c.status == FAIL:
+            key = c.message.strip()
+            if key in first:
+                c = CheckResult(c.name, FAIL, f"the same error as the {first[key]!r} check above (fix that first)")
+            else:
+                first[key] = c.name
+        out.append(c)
+    return out
 
 
 def assert_function_ok(fn: Callable[..., Any], *inputs: Any, **kwargs: Any) -> FunctionReport:
@@ -405,11 +465,29 @@ def _compare_numerical(ctx: _Context) -> tuple[list[str], float, bool]:
                 f"{label}: analytic and numerical gradients disagree: max |difference| {diff:.3g} "
                 f"(analytic max {_max_abs(analytic):.3g}, numerical max {_max_abs(numerical):.3g})"
             )
+            factor = _constant_factor(analytic.detach()[mask], numerical[mask])
+            if factor is not None:
+                msg += (
+                    f"; the analytic gradient is {factor:.4g} x the numerical one everywhere: a missing or extra "
+                    f"factor in backward (the 2 of d(x^2)/dx, a 1/n of a mean, a tau)"
+                )
             if analytic.dim() == 2 and analytic.shape[0] == analytic.shape[1] and mask.all():
                 if _close(analytic.detach().T, numerical, rtol, atol)[0]:
                     msg += "; it equals the numerical gradient transposed: a transposed matmul in backward?"
             problems.append(msg)
     return problems, worst, all_zero
+
+
+def _constant_factor(analytic: torch.Tensor, numerical: torch.Tensor) -> float | None:
+    """``c`` when ``analytic == c * numerical`` to rounding, with ``c`` not 1 (and not 0)."""
+    if analytic.numel() < 2 or _max_abs(numerical) == 0.0:
+        return None
+    j = int(numerical.abs().argmax())
+    c = float(analytic.reshape(-1)[j] / numerical.reshape(-1)[j])
+    if c == 0.0 or abs(c - 1.0) < 1e-3:
+        return None
+    ok, _ = _close(analytic, c * numerical, 1e-4, 1e-6 * _max_abs(analytic))
+    return c if ok else None
 
 
 def _check_gradcheck(ctx: _Context):
@@ -462,27 +540,79 @@ def _check_gradgradcheck(ctx: _Context):
     call_args = ctx.args.make(torch.float64)
     outs = ctx.outputs(ctx.call(ctx.fn, call_args))
     diff = [call_args[i] for i in ctx.args.diff]
-    total = sum((o * c).sum() for o, c in zip(outs, ctx.cotangents(outs), strict=True) if o.requires_grad)
+    # a cotangent that requires grad, as in a gradient penalty: the backward's own graph is built
+    cts = [c.requires_grad_() for c in ctx.cotangents(outs)]
+    total = sum((o * c).sum() for o, c in zip(outs, cts, strict=True) if o.requires_grad)
     if not isinstance(total, torch.Tensor):
         return SKIPPED, "fn's outputs do not require grad"
     try:
         grads = torch.autograd.grad(total, diff, create_graph=True, allow_unused=True)
     except RuntimeError as exc:
         return SKIPPED, f"backward is not differentiable ({str(exc).splitlines()[0]}): no second derivative claimed"
-    if not any(g is not None and g.requires_grad for g in grads):
-        return SKIPPED, (
-            "the gradient does not depend differentiably on the inputs (it is constant, or computed outside "
-            "autograd, e.g. under @once_differentiable): no second derivative claimed"
-        )
+    live = [g for g in grads if g is not None and g.requires_grad]
+    if not live:
+        return SKIPPED, "the gradient is constant (it depends on neither the inputs nor the cotangent)"
+    if any(type(g.grad_fn).__name__ in ("Error", "DelayedError") for g in live):
+        return SKIPPED, "backward is marked @once_differentiable: a double backward raises, as it should"
     try:
         torch.autograd.gradgradcheck(lambda *a: _call_floating(ctx, a), tuple(call_args), raise_exception=True)
     except Exception as exc:
-        return FAIL, "second derivatives disagree with finite differences of the backward:\n" + str(exc).strip()[:600]
+        detail = str(exc).strip().splitlines()[0][:300]
+        if not _reaches_inputs(live, diff):
+            return FAIL, (
+                "the double backward is silently wrong: backward computes its gradient from tensors detached "
+                "from the inputs (e.g. .detach(), .data, torch.no_grad(), NumPy), so a second derivative "
+                "(create_graph=True, a gradient penalty, Hessian-vector products) misses every term through "
+                "them. Fix: decorate backward with @torch.autograd.function.once_differentiable (double "
+                "backward then raises instead of returning a wrong value), or compute it with differentiable "
+                f"torch ops on ctx.saved_tensors.\n(torch.autograd.gradgradcheck: {detail})"
+            )
+        return FAIL, f"second derivatives disagree with finite differences of the backward:\n{detail}"
     return PASS, "second derivatives match finite differences of the backward (float64)"
+
+
+def _reaches_inputs(grads: list[torch.Tensor], inputs: list[torch.Tensor]) -> bool:
+    """Whether the backward's results depend (in autograd's graph) on any input."""
+    total = sum(g.sum() for g in grads)
+    found = torch.autograd.grad(total, inputs, allow_unused=True, retain_graph=True)
+    return any(f is not None for f in found)
+
+
+def _row_constant_problems(ctx: _Context) -> list[str]:
+    """A locally constant forward (a hard decision) whose backward gives every entry of each
+    row (the last dimension) the same gradient: adding it to the logits never changes the
+    decision, so the estimator cannot learn."""
+    call_args = ctx.args.make(torch.float64)
+    outs, grads = ctx.value_and_grads(call_args)
+    problems = []
+    for i, g in zip(ctx.args.diff, grads, strict=True):
+        x = call_args[i]
+        if g is None or g.dim() == 0 or g.shape[-1] < 2 or _max_abs(g) == 0.0:
+            continue
+        spread = (g.amax(-1) - g.amin(-1)).abs().max().item()
+        if spread > 1e-12 * _max_abs(g):
+            continue
+        moved = list(call_args)
+        g_noise = torch.Generator().manual_seed(ctx.seed + 2)
+        moved[i] = x.detach() + 1e-7 * (x.detach().abs() + 1) * torch.randn(x.shape, generator=g_noise, dtype=x.dtype)
+        with torch.no_grad():
+            outs2 = ctx.outputs(ctx.call(ctx.fn, moved))
+        if all(torch.equal(a, b.detach()) for a, b in zip(outs, outs2, strict=True)):
+            problems.append(
+                f"{ctx.args.label(i)}: the backward gives every entry of each row (dim -1) the same gradient "
+                f"(e.g. grad_output.expand_as(input)), and the forward is a hard decision: adding such a "
+                f"gradient to the logits shifts the whole row and never changes an argmax, top-k or sample, "
+                f"so nothing is learned. Pass each class its own gradient, by the Jacobian of a relaxation "
+                f"(softmax(logits / tau), as the 'softmax' straight-through estimator does)"
+            )
+    return problems
 
 
 def _check_surrogate(ctx: _Context):
     if ctx.surrogate is None:
+        flat = _row_constant_problems(ctx)
+        if flat:
+            return FAIL, "\n".join(flat)
         return SKIPPED, "no surrogate given (only needed when the forward is not differentiable)"
     rtol, atol = ctx.tol["surrogate"]
     outs, grads = ctx.value_and_grads(ctx.args.make(torch.float64))
@@ -503,6 +633,7 @@ def _check_surrogate(ctx: _Context):
                 f"{ctx.args.label(i)}: backward differs from the surrogate's gradient: max |difference| {diff:.3g} "
                 f"(backward max {_max_abs(g):.3g}, surrogate max {_max_abs(ref):.3g})"
             )
+    problems += _row_constant_problems(ctx)
     if problems:
         return FAIL, "\n".join(problems)
     return PASS, f"backward equals the surrogate's autograd gradient in float64 (max |difference| {worst:.2g})"
@@ -551,17 +682,25 @@ def _check_needs_input_grad(ctx: _Context):
             args = call_args if node._forward_cls is fn_cls else None
             problems.extend(_raw_problems(node._forward_cls.__name__, raw, node.needs_input_grad, args))
     problems = _merge_unneeded(list(dict.fromkeys(problems))) or list(dict.fromkeys(errors))
-    if problems:
-        return FAIL, "\n".join(problems)
+    wasted = [p for p in problems if _UNNEEDED in p]
+    wrong = [p for p in problems if _UNNEEDED not in p]
+    if wrong:
+        return FAIL, "\n".join(wrong + wasted)
+    if wasted:
+        note = "advice, not an error: the unneeded gradients are discarded, computing them only costs time and memory"
+        return ADVICE, "\n".join([*wasted, note])
     return PASS, (
         f"backward returns one value per forward argument, None where ctx.needs_input_grad is False, "
         f"and gradients of their inputs' shapes and dtypes ({checked} backward call(s) checked)"
     )
 
 
+_UNNEEDED = " returns gradients that were not asked for (argument(s) "
+
+
 def _merge_unneeded(problems: list[str]) -> list[str]:
     """One line per Function for the gradients computed without being needed."""
-    marker = " returns gradients that were not asked for (argument(s) "
+    marker = _UNNEEDED
     merged: dict[str, set[str]] = {}
     others = []
     for p in problems:
@@ -666,7 +805,12 @@ def _check_non_contiguous(ctx: _Context):
     outs2, grads2 = ctx.value_and_grads(strided_args)
     problems = _compare_all(ctx, outs2, grads2, outs, grads, 1e-10, 1e-12, "non-contiguous")
     if problems:
-        return FAIL, "\n".join(problems)
+        fix = (
+            "Fix: the code assumes contiguous memory (.view() on a strided tensor, a kernel or NumPy reading "
+            "the raw buffer, data_ptr arithmetic): call .contiguous() on the inputs in forward, and on "
+            "grad_output in backward, before such code"
+        )
+        return FAIL, "\n".join([*problems, fix])
     return PASS, "non-contiguous inputs (every stride doubled) give the same outputs and gradients"
 
 
@@ -804,7 +948,12 @@ def _check_mutation(ctx: _Context):
             total.backward()
         problems = changed("backward")
     if problems:
-        return FAIL, "\n".join(problems)
+        fix = (
+            "Fix: compute out of place (x = x.clone() first, or x * 2 instead of x.mul_(2)); a forward that "
+            "must modify its input in place calls ctx.mark_dirty(x) and returns x, so autograd knows; "
+            "backward must never modify grad_output or saved tensors in place"
+        )
+        return FAIL, "\n".join([*problems, fix])
     return PASS, "no input is modified by forward or backward"
 
 

@@ -100,7 +100,7 @@ def linear_inputs(square=False):
 
 
 def test_textbook_linear_passes_every_check():
-    report = check_function(Linear.apply, *linear_inputs())
+    report = check_function(Linear.apply, *linear_inputs(), fast=False)
     assert report.ok, report
     statuses = {c.name: c.status for c in report.checks}
     assert [c.name for c in report.checks] == list(CHECKS)
@@ -169,15 +169,14 @@ def test_gradient_for_unneeded_input_is_reported():
     report = check_function(Unguarded.apply, *linear_inputs(), checks=["gradcheck", "needs_input_grad"])
     assert report["gradcheck"].status == "pass"
     assert "argument(s) 0, 1, 2 with ctx.needs_input_grad False" in report["needs_input_grad"].message
+    # wasted work, not a wrong gradient: advice, and the report is still ok
+    assert report["needs_input_grad"].status == "advice"
+    assert report.ok and [c.name for c in report.advice] == ["needs_input_grad"]
+    assert str(report).startswith("check_function(Unguarded.apply): ok, 1 advice")
 
 
 def test_second_derivative_that_lies():
-    class Square(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return x * x
-
+    class Square(_Square):
         @staticmethod
         def backward(ctx, grad):
             (x,) = ctx.saved_tensors
@@ -394,3 +393,139 @@ def test_argument_errors():
         check_function(torch.sin)
     with pytest.raises(ArgumentTypeError, match="check_function: surrogate must be callable or None"):
         check_function(torch.sin, torch.randn(2), surrogate="softmax")
+
+
+class _Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+def test_a_backward_on_detached_tensors_fails_the_double_backward_with_the_fix():
+    class Detached(_Square):
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return 2 * x.detach() * grad
+
+    x = torch.randn(5, dtype=torch.float64)
+    report = check_function(Detached.apply, x, checks=["gradcheck", "gradgradcheck"])
+    assert report["gradcheck"].status == "pass"
+    assert report["gradgradcheck"].status == "fail"
+    assert "@torch.autograd.function.once_differentiable" in report["gradgradcheck"].message
+    # the reference: torch's own gradgradcheck fails on it too
+    with pytest.raises(RuntimeError):
+        torch.autograd.gradgradcheck(Detached.apply, (x.clone().requires_grad_(),))
+
+
+def test_once_differentiable_and_a_true_second_derivative_are_not_failures():
+    from torch.autograd.function import once_differentiable
+
+    class Once(_Square):
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return 2 * x * grad
+
+    x = torch.randn(5, dtype=torch.float64)
+    once = check_function(Once.apply, x, checks=["gradgradcheck"])
+    assert once["gradgradcheck"].status == "skipped" and "once_differentiable" in once["gradgradcheck"].message
+    plain = check_function(_Square.apply, x, checks=["gradgradcheck"])
+    assert plain["gradgradcheck"].status == "pass"
+    assert torch.autograd.gradgradcheck(_Square.apply, (x.clone().requires_grad_(),))
+
+
+def test_a_missing_factor_is_named():
+    class Half(_Square):
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return x * grad
+
+    report = check_function(Half.apply, torch.randn(6, dtype=torch.float64), checks=["gradcheck"])
+    assert report["gradcheck"].status == "fail"
+    assert "0.5 x the numerical one everywhere" in report["gradcheck"].message
+
+
+def test_a_surrogate_that_gives_every_class_the_same_gradient_fails():
+    class RowConstant(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, logits):
+            return logits.argmax(-1, keepdim=True).to(logits.dtype)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad.expand(-1, 5)
+
+    logits = torch.randn(4, 5)
+    report = check_function(RowConstant.apply, logits, checks=["surrogate"])
+    assert report["surrogate"].status == "fail"
+    assert "same gradient" in report["surrogate"].message
+    # the reason, checked independently: a row-constant step never changes the argmax
+    step = torch.randn(4, 1).expand(4, 5) * 100
+    assert torch.equal((logits + step).argmax(-1), logits.argmax(-1))
+    # a correct Function whose true gradient is constant along a row (a sum) is not flagged
+    total = check_function(lambda x: x.sum(-1), torch.randn(4, 5, dtype=torch.float64), checks=["surrogate"])
+    assert total["surrogate"].status == "skipped"
+
+
+def test_one_root_cause_is_reported_once():
+    class Transposed(Linear):
+        @staticmethod
+        def backward(ctx, grad):
+            x, w = ctx.saved_tensors
+            return grad @ w, (grad.T @ x).T, grad.sum(0)
+
+    report = check_function(Transposed.apply, *linear_inputs())
+    messages = [c.message for c in report.failed]
+    full = [m for m in messages if "the same error as" not in m]
+    assert len(full) == len(set(full))  # no failure text twice
+    assert any("the same error as the 'gradcheck' check above" in m for m in messages)
+
+
+def test_fast_skips_the_compile_check_unless_named():
+    x = torch.randn(3, dtype=torch.float64)
+    assert check_function(_Square.apply, x)["compile"].status == "skipped"
+    assert check_function(_Square.apply, x, checks=["compile"])["compile"].status == "pass"
+    with pytest.raises(TypeError, match="fast must be True or False"):
+        check_function(_Square.apply, x, fast="no")
+
+
+def test_a_function_that_returns_nothing_is_refused():
+    with pytest.raises(ValueError, match=r"fn must return a floating-point tensor.*\(got None\)"):
+        check_function(lambda x: None, torch.randn(3))
+
+
+def test_mutation_and_non_contiguous_failures_name_the_fix():
+    class InPlace(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.mul_(2)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return 2 * grad
+
+    report = check_function(InPlace.apply, torch.randn(4, dtype=torch.float64), checks=["mutation"])
+    assert report["mutation"].status == "fail" and "ctx.mark_dirty(x)" in report["mutation"].message
+
+    class RawBuffer(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            # reads the underlying storage in order: wrong for a strided view
+            flat = torch.as_strided(x, (x.numel(),), (1,))
+            return flat.reshape(x.shape) * 1.0
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad
+
+    report = check_function(RawBuffer.apply, torch.randn(3, 4, dtype=torch.float64), checks=["non_contiguous"])
+    assert report["non_contiguous"].status == "fail" and ".contiguous()" in report["non_contiguous"].message
